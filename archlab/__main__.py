@@ -1,0 +1,3 @@
+from archlab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The ``archlab`` command line: one sub-command per job, each in the module that does the work.
+
+Every command answers bad input with one line on stderr and exit code 2 (set ``ARCHLAB_DEBUG=1`` for the
+traceback). A command module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+# sub-command -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("archlab.cli", "list the registered models"),
+}
+
+
+class CLIError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for every other bad input
+        raise CLIError(f"{self.prog}: {message}")
+
+
+def positive_ints(text: str) -> list[int]:
+    """Parse '1,8,32' into [1, 8, 32], every value >= 1."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every value must be an integer >= 1, got {text!r}")
+    return values
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def console():
+    from rich.console import Console
+
+    return Console()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="archlab", description="Build, measure, scale and compare convolutional networks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        getattr(module, f"add_{name}_arguments")(p)
+        p.set_defaults(_run=getattr(module, f"run_{name}"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("archlab: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        if os.environ.get("ARCHLAB_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        prefix = "" if message.startswith("archlab") else "archlab: error: "
+        print(f"{prefix}{message}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------------- archlab list
+
+
+def add_list_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*' (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from archlab.registry import list_models, model_card
+
+    names = list_models(args.pattern)
+    if not names:
+        raise CLIError(f"no model matches {args.pattern!r}; try `archlab list`")
+    cards = [model_card(n) for n in names]
+    if args.json:
+        print_json([c.to_dict() for c in cards])
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{len(cards)} models", header_style="bold")
+    for col, justify in (("name", "left"), ("family", "left"), ("year", "right"), ("params", "right"),
+                         ("MACs", "right"), ("top-1", "right"), ("res", "right")):
+        table.add_column(col, justify=justify)
+    for c in cards:
+        table.add_row(
+            c.name,
+            c.family,
+            str(c.year),
+            f"{c.params / 1e6:.2f}M" if c.params else "-",
+            f"{c.macs / 1e9:.2f}G" if c.macs else "-",
+            f"{c.top1:.1f}" if c.top1 else "-",
+            str(c.input_size),
+        )
+    console().print(table)
+    return 0

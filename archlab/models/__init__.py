@@ -1,0 +1,13 @@
+"""One module per family; importing a family registers its variants."""
+
+from archlab.models import (  # noqa: F401
+    alexnet,
+    cifar_resnet,
+    densenet,
+    efficientnet,
+    mobilenet_v1,
+    mobilenet_v2,
+    mobilenet_v3,
+    resnet,
+    vgg,
+)

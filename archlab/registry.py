@@ -1,0 +1,160 @@
+"""The model registry: every architecture by name, with a model card that says where it comes from.
+
+Family modules call :func:`register` once per variant (a row of their variant table). Users call
+:func:`create_model`, :func:`list_models` and :func:`model_card`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a user needs to know about a registered model before building it.
+
+    ``params``, ``macs`` and ``top1`` are *published* figures (``None`` where none was published); ``macs`` are
+    multiply-accumulates of convolutions and linear layers at ``input_size``, the convention of the papers and
+    torchvision. ``reference`` names the implementation whose parameter count and outputs we match, as
+    ``"torchvision:resnet50"`` or ``"timm:seresnet50"``; ``None`` where no library has the model.
+    """
+
+    name: str
+    family: str
+    year: int
+    paper: str
+    arxiv: str
+    innovation: str
+    input_size: int = 224
+    min_input_size: int = 32
+    params: int | None = None
+    macs: int | None = None
+    top1: float | None = None
+    top1_source: str | None = None
+    reference: str | None = None
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    default_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def reference_source(self) -> str | None:
+        return self.reference.split(":", 1)[0] if self.reference else None
+
+    @property
+    def reference_name(self) -> str | None:
+        return self.reference.split(":", 1)[1] if self.reference else None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    builder: Callable[..., nn.Module]
+    card: ModelCard
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model name that is not registered; the message lists the closest names."""
+
+
+def register(builder: Callable[..., nn.Module], card: ModelCard) -> None:
+    """Register ``card.name``; ``builder(**card.default_kwargs, **user_kwargs)`` builds it."""
+    if card.name in _REGISTRY:
+        raise ValueError(f"model {card.name!r} is registered twice")
+    _REGISTRY[card.name] = _Entry(builder, card)
+
+
+def _ensure_loaded() -> None:
+    # Families register themselves on import; importing the package is enough.
+    import archlab.models  # noqa: F401
+
+
+def _entry(name: str) -> _Entry:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `archlab list`"
+        raise UnknownModelError(f"unknown model {name!r}{hint}") from None
+
+
+def _check_overrides(name: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+    """Reject an override the family does not take, naming it and the ones it does take."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        known = ", ".join(sorted(p for p in params if p not in {"num_classes", "in_chans", "drop_path_rate"}))
+        raise ValueError(f"{name} does not take {', '.join(unknown)}; it takes: {known}")
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching an fnmatch ``pattern`` ('resnet*', '*_bn'), sorted naturally."""
+    _ensure_loaded()
+
+    def natural(s: str) -> list[Any]:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+    return sorted((n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)), key=natural)
+
+
+def model_card(name: str) -> ModelCard:
+    """The :class:`ModelCard` of a registered model."""
+    return _entry(name).card
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    drop_rate: float | None = None,
+    drop_path_rate: float = 0.0,
+    features_only: bool = False,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model with random weights.
+
+    ``drop_rate`` is the classifier dropout (``None``: the published default of the family, e.g. 0.5 for VGG,
+    0.2–0.5 for EfficientNet); ``drop_path_rate`` the stochastic-depth rate (rising linearly with depth where
+    the family does so). ``features_only=True`` returns a module whose forward gives the per-stage feature
+    maps (see :class:`archlab.models.base.FeatureExtractor`). Other ``overrides`` go to the family builder
+    (``width_mult``, ``output_stride``, ``phi`` ...).
+    """
+    entry = _entry(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be an integer >= 1, got {in_chans!r}")
+    if drop_rate is not None and not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    kwargs = dict(entry.card.default_kwargs)
+    kwargs.update(overrides)
+    kwargs.update(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate)
+    if drop_rate is not None:
+        kwargs["drop_rate"] = drop_rate
+    _check_overrides(name, entry.builder, kwargs)
+    model = entry.builder(**kwargs)
+    model.card = entry.card
+    model.min_input_size = entry.card.min_input_size
+    if features_only:
+        from archlab.models.base import FeatureExtractor
+
+        return FeatureExtractor(model)
+    return model

@@ -1,0 +1,48 @@
+"""Test helpers shared by several test files."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+import archlab
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@functools.lru_cache(maxsize=4)
+def cached_model(name: str) -> nn.Module:
+    """One eval-mode instance per model name for read-only tests (building VGG takes a second)."""
+    return archlab.create_model(name).eval()
+
+
+def build_reference(card: archlab.ModelCard, **kwargs) -> nn.Module:
+    """The reference implementation named by a model card, with random weights."""
+    source, name = card.reference.split(":", 1)
+    if source == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    if source == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False, **kwargs)
+    raise ValueError(source)
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial statistics and affine terms, so a mis-wired norm changes the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                    m.bias.copy_(torch.randn(n, generator=g) * 0.1)
