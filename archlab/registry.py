@@ -44,6 +44,9 @@ class ModelCard:
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
     default_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Classes of the dataset the published figures refer to (1000: ImageNet; 10: CIFAR-10): ``params`` is the
+    # count of the model built with this many classes.
+    num_classes: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,1 +1,152 @@
-"""(family being written)"""
+"""MobileNet V2 (Sandler et al. 2018, "MobileNetV2: Inverted Residuals and Linear Bottlenecks", arXiv:1801.04381).
+
+The block inverts the ResNet bottleneck: a 1x1 conv *expands* a thin input t times, a 3x3 depthwise conv filters
+the wide tensor, and a 1x1 conv projects it back to a thin output with *no* activation (the linear bottleneck:
+ReLU on a low-dimensional manifold destroys information). The residual joins the thin ends, when the block keeps
+shape. Activations are ReLU6, robust in low-precision arithmetic.
+
+The layer names follow torchvision (``features.N`` with ``conv.M`` inside a block, ``classifier.1``) so its
+checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from archlab.layers import ConvNormAct, DropPath, make_divisible
+from archlab.models.base import ArchNet, linear_or_identity
+from archlab.registry import ModelCard, register
+
+# The paper's Table 2 between the stem (3x3 conv, stride 2, 32 channels) and the head (1x1 conv to 1280):
+# t = expansion factor, c = output channels, n = repeats, s = stride of the first block of the row.
+MOBILENET_V2_STAGES: list[tuple[int, int, int, int]] = [
+    # t, c, n, s
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand-BN-ReLU6 (skipped when t == 1), 3x3 depthwise-BN-ReLU6, 1x1 linear projection-BN (+ residual)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, expansion: int, drop_path: float = 0.0) -> None:
+        super().__init__()
+        hidden = int(round(in_chs * expansion))
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers.append(ConvNormAct(in_chs, hidden, 1, act="relu6"))
+        layers.append(ConvNormAct(hidden, hidden, 3, stride, groups=hidden, act="relu6"))
+        # The linear bottleneck: conv and BN stay flat in ``conv`` (keys conv.N, conv.N+1, as torchvision).
+        layers.extend(ConvNormAct(hidden, out_chs, 1, act=None))
+        self.conv = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_chs == out_chs
+        self.drop_path = DropPath(drop_path if self.use_residual else 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_residual:
+            return x + self.drop_path(self.conv(x))
+        return self.conv(x)
+
+
+class MobileNetV2(ArchNet):
+    """MobileNet V2 from the (t, c, n, s) table: stem, inverted residual blocks, 1x1 head conv, pool, FC."""
+
+    def __init__(
+        self,
+        stages: list[tuple[int, int, int, int]] = MOBILENET_V2_STAGES,
+        width_mult: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.2,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not width_mult > 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        chs = make_divisible(STEM_CHANNELS * width_mult, 8)
+        layers: list[nn.Module] = [ConvNormAct(in_chans, chs, 3, 2, act="relu6")]
+        reduction = 2
+        self.feature_info = []
+        num_blocks = sum(n for _, _, n, _ in stages)
+        for t, c, n, s in stages:
+            out_chs = make_divisible(c * width_mult, 8)
+            for i in range(n):
+                stride = s if i == 0 else 1
+                if stride > 1:
+                    # A stage output is the last map before the resolution halves.
+                    last = f"features.{len(layers) - 1}"
+                    self.feature_info.append(dict(module=last, num_chs=chs, reduction=reduction))
+                    reduction *= stride
+                # Stochastic depth rises linearly with depth (as timm does); torchvision has none (rate 0).
+                block_index = len(layers) - 1  # features.0 is the stem
+                rate = drop_path_rate * block_index / num_blocks
+                layers.append(InvertedResidual(chs, out_chs, stride, t, rate))
+                chs = out_chs
+        # The head is widened for width_mult > 1 but never thinned: thin heads cost accuracy for little gain.
+        self.num_features = make_divisible(HEAD_CHANNELS * max(1.0, width_mult), 8)
+        layers.append(ConvNormAct(chs, self.num_features, 1, act="relu6"))
+        self.feature_info.append(
+            dict(module=f"features.{len(layers) - 1}", num_chs=self.num_features, reduction=reduction)
+        )
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(drop_rate), linear_or_identity(self.num_features, num_classes))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.classifier(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier[-1] = linear_or_identity(self.num_features, num_classes)
+        self.num_classes = num_classes
+
+
+def mobilenet_v2(width_mult: float = 1.0, **kwargs) -> MobileNetV2:
+    return MobileNetV2(MOBILENET_V2_STAGES, width_mult=width_mult, **kwargs)
+
+
+# Params, multiply-adds (torchvision's "GFLOPS" 0.301, which counts multiply-adds) and top-1 from torchvision's
+# MobileNet_V2_Weights.IMAGENET1K_V1 metadata.
+register(
+    mobilenet_v2,
+    ModelCard(
+        name="mobilenet_v2",
+        family="mobilenet_v2",
+        year=2018,
+        paper="MobileNetV2: Inverted Residuals and Linear Bottlenecks",
+        arxiv="1801.04381",
+        innovation="Inverted residual blocks with linear bottlenecks (expand, depthwise, linear project)",
+        input_size=224,
+        min_input_size=1,
+        params=3_504_872,
+        macs=301_000_000,
+        top1=71.878,
+        top1_source="torchvision IMAGENET1K_V1 weights",
+        reference="torchvision:mobilenet_v2",
+        default_kwargs=dict(width_mult=1.0),
+    ),
+)
