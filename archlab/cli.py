@@ -16,6 +16,13 @@ from typing import Any, Sequence
 # sub-command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("archlab.cli", "list the registered models"),
+    "summary": ("archlab.analysis.commands", "per-layer table: output shape, params, MACs, receptive field"),
+    "trace": ("archlab.analysis.commands", "per-stage resolution, channels, blocks, stride and receptive field"),
+    "train": ("archlab.train.commands", "train a model (digits, CIFAR, ImageFolder; torchrun for DDP)"),
+    "eval": ("archlab.train.commands", "top-1/top-5 of saved weights with the model card's preprocessing"),
+    "compare": ("archlab.compare", "the architecture comparison table: params, MACs, top-1, memory, latency"),
+    "bench": ("archlab.bench", "time models (speed, memory), optionally against torchvision/timm in the same run"),
+    "export": ("archlab.deploy", "export a model to ONNX, checked against onnxruntime"),
 }
 
 
@@ -44,10 +51,13 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def console():
+def console(stderr: bool = False):
+    """A rich console; when output is not a terminal, wide enough that tables are not squeezed to 80 columns."""
     from rich.console import Console
 
-    return Console()
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(stderr=stderr, width=width)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,10 @@ class ModelCard:
     # Classes of the dataset the published figures refer to (1000: ImageNet; 10: CIFAR-10): ``params`` is the
     # count of the model built with this many classes.
     num_classes: int = 1000
+    # Where ``macs`` comes from ("torchvision weights meta", "paper Table 6" ...), and anything a user should know
+    # about the card's figures (a different evaluation resolution, a layout the paper figure does not describe).
+    macs_source: str | None = None
+    notes: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -112,6 +112,7 @@ register(
         min_input_size=63,
         params=61_100_840,  # torchvision AlexNet_Weights.IMAGENET1K_V1.meta["num_params"]
         macs=714_000_000,  # torchvision meta "_ops" 0.714 (multiply-adds at 224)
+        macs_source="torchvision weights meta (_ops: multiply-adds)",
         top1=56.522,
         top1_source="torchvision IMAGENET1K_V1 weights",
         reference="torchvision:alexnet",

@@ -190,6 +190,7 @@ for _name, _params, _macs, _top1 in _VARIANTS:
             min_input_size=29,
             params=_params,
             macs=_macs,
+            macs_source="torchvision weights meta (_ops: multiply-adds)",
             top1=_top1,
             top1_source="torchvision IMAGENET1K_V1 weights",
             reference=f"torchvision:{_name}",

@@ -144,6 +144,7 @@ register(
         min_input_size=1,
         params=4_231_976,
         macs=569_000_000,
+        macs_source="paper Table 6 (mult-adds)",
         top1=70.6,
         top1_source="paper",
         reference="timm:mobilenetv1_100",

@@ -144,6 +144,7 @@ register(
         min_input_size=1,
         params=3_504_872,
         macs=301_000_000,
+        macs_source="torchvision weights meta (_ops: multiply-adds)",
         top1=71.878,
         top1_source="torchvision IMAGENET1K_V1 weights",
         reference="torchvision:mobilenet_v2",

@@ -262,9 +262,8 @@ _INNOVATIONS = {
 
 # torchvision figures: params = meta["num_params"], multiply-adds = meta["_ops"] (its "GFLOPS", which counts
 # multiply-adds) at 224, top-1 = meta["_metrics"] of the IMAGENET1K_V1 weights (torchvision 0.29).
-# SE figures: params = exact count of timm's architecture; multiply-adds = "GFLOPs" of the paper's Table 2 (its
-# ResNets put the stride on the first 1x1, hence 3.87 G rather than the ~4.1 G of this v1.5 layout); top-1 = the
-# authors' released weights (github.com/hujie-frank/SENet README, 224 single crop: SE-ResNet-50 22.37% error).
+# SE figures: params = exact count of timm's architecture; multiply-adds: none published for this layout (see
+# _SE_NOTE); top-1 = the authors' released weights (github.com/hujie-frank/SENet README, 224 single crop: SE-ResNet-50 22.37% error).
 _VARIANTS = [
     # name, paper, depth, groups, base_width, se, params, macs, top1
     ("resnet18", "resnet", 18, 1, 64, False, 11_689_512, 1_814_000_000, 69.758),
@@ -276,11 +275,20 @@ _VARIANTS = [
     ("resnext101_32x8d", "resnext", 101, 32, 8, False, 88_791_336, 16_414_000_000, 79.312),
     ("resnext101_64x4d", "resnext", 101, 64, 4, False, 83_455_272, 15_460_000_000, 83.246),
     ("wide_resnet50_2", "wide", 50, 1, 128, False, 68_883_240, 11_398_000_000, 78.468),
-    ("seresnet50", "se", 50, 1, 64, True, 28_088_024, 3_870_000_000, 77.63),
-    ("seresnet101", "se", 101, 1, 64, True, 49_326_872, 7_600_000_000, 78.25),
-    ("seresnet152", "se", 152, 1, 64, True, 66_821_848, 11_320_000_000, 78.66),
-    ("seresnext50_32x4d", "se", 50, 32, 4, True, 27_559_896, 4_250_000_000, 79.03),
+    ("seresnet50", "se", 50, 1, 64, True, 28_088_024, None, 77.63),
+    ("seresnet101", "se", 101, 1, 64, True, 49_326_872, None, 78.25),
+    ("seresnet152", "se", 152, 1, 64, True, 66_821_848, None, 78.66),
+    ("seresnext50_32x4d", "se", 50, 32, 4, True, 27_559_896, None, 79.03),
 ]
+
+_FAMILIES = {"resnet": "resnet", "resnext": "resnext", "wide": "wide_resnet", "se": "se_resnet"}
+# The SE paper's GFLOPs (3.87G for SE-ResNet-50, Table 2) and its released weights describe the Caffe layout, with
+# the stride on the first 1x1 conv; ours (and timm's) puts it on the 3x3, as torchvision's ResNet does. No
+# multiply-add figure is published for this layout, so the card gives none (`archlab compare` shows the count).
+_SE_NOTE = (
+    "Layout of timm's seresnet (stride on the 3x3 conv). The paper's GFLOPs and the top-1 of the authors' released "
+    "weights are for the Caffe layout with the stride on the first 1x1 conv."
+)
 
 # Preprocessing of the reference weights: torchvision resizes to 256 and crops 224 (bilinear), except the newer
 # resnext101_64x4d recipe (resize 232); timm's SE ResNets use bicubic, seresnet50's default a1 weights crop 0.95.
@@ -299,7 +307,7 @@ for _name, _paper, _depth, _groups, _base_width, _se, _params, _macs, _top1 in _
         ResNet,
         ModelCard(
             name=_name,
-            family="resnet",
+            family=_FAMILIES[_paper],
             year=_year,
             paper=_title,
             arxiv=_arxiv,
@@ -309,6 +317,8 @@ for _name, _paper, _depth, _groups, _base_width, _se, _params, _macs, _top1 in _
             min_input_size=1,
             params=_params,
             macs=_macs,
+            macs_source=None if _macs is None else "torchvision weights meta (_ops: multiply-adds)",
+            notes=_SE_NOTE if _se else "",
             top1=_top1,
             top1_source="paper authors' released weights" if _se else "torchvision IMAGENET1K_V1 weights",
             reference=f"timm:{_name}" if _se else f"torchvision:{_name}",

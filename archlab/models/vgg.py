@@ -123,6 +123,7 @@ for _name, _depth, _bn, _params, _macs, _top1 in _VARIANTS:
             min_input_size=32,
             params=_params,
             macs=_macs,
+            macs_source="torchvision weights meta (_ops: multiply-adds)",
             top1=_top1,
             top1_source="torchvision IMAGENET1K_V1 weights",
             reference=f"torchvision:{_name}",

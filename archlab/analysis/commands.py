@@ -1,0 +1,128 @@
+"""``archlab summary`` and ``archlab trace``: the per-layer table and the stage trace of a registered model."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+
+from archlab.cli import CLIError, console, print_json
+
+
+def _input_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer image size, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the image size must be >= 1, got {value}")
+    return value
+
+
+def _count(n: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(int(n))
+
+
+def _num(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
+
+
+def _pair(p: tuple[float, float] | None) -> str:
+    if p is None:
+        return "?"
+    return _num(p[0]) if p[0] == p[1] else f"{_num(p[0])}x{_num(p[1])}"
+
+
+# ------------------------------------------------------------------------------------------- archlab summary
+
+
+def add_summary_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="registered model name (see `archlab list`)")
+    p.add_argument("--input", type=_input_size, default=None, metavar="N",
+                   help="square input size (default: the model card's)")
+    p.add_argument("--depth", type=int, default=2, metavar="N", help="module nesting depth of the rows (default 2)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    out.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from archlab.analysis.summary import summarize
+
+    if args.depth < 1:
+        raise CLIError(f"--depth must be >= 1, got {args.depth}")
+    s = summarize(args.name, args.input, depth=args.depth)
+    if args.json:
+        print_json(s.to_dict())
+        return 0
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["name", "type", "output_shape", "params", "macs", "share", "receptive_field", "stride",
+                         "global_context"])
+        for r in s.rows:
+            shape = "x".join(map(str, r.output_shape)) if r.output_shape else ""
+            writer.writerow([r.name, r.type, shape, r.params, r.macs, f"{r.share:.6f}", _pair(r.receptive_field),
+                             _pair(r.stride), int(r.global_context)])
+        return 0
+    from rich.table import Table
+
+    h, w = s.input_size
+    table = Table(title=f"{s.name} at {h}x{w}: {_count(s.params)} params, {_count(s.macs)} MACs",
+                  header_style="bold", caption="RF: receptive field in input pixels (+: also sees the whole image "
+                  "through a global pool); stride: effective stride")
+    for col, justify in (("layer", "left"), ("type", "left"), ("output", "right"), ("params", "right"),
+                         ("MACs", "right"), ("%", "right"), ("RF", "right"), ("stride", "right")):
+        # Long names wrap rather than end in an ellipsis; numbers never wrap.
+        table.add_column(col, justify=justify, overflow="fold", no_wrap=justify == "right")
+    for r in s.rows:
+        table.add_row(
+            r.name,
+            r.type,
+            "x".join(map(str, r.output_shape[1:])) if r.output_shape else "-",
+            _count(r.params) if r.params else "-",
+            _count(r.macs) if r.macs else "-",
+            f"{100 * r.share:.1f}" if r.macs else "-",
+            _pair(r.receptive_field) + ("+" if r.global_context else ""),
+            _pair(r.stride),
+        )
+    console().print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- archlab trace
+
+
+def add_trace_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="registered model name (see `archlab list`)")
+    p.add_argument("--input", type=_input_size, default=None, metavar="N",
+                   help="square input size (default: the model card's)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    from archlab.analysis.trace import stage_trace
+
+    t = stage_trace(args.name, args.input)
+    if args.json:
+        print_json(t.to_dict())
+        return 0
+    from rich.table import Table
+
+    h, w = t.input_size
+    table = Table(title=f"{t.name} at {h}x{w}", header_style="bold")
+    for col, justify in (("stage", "left"), ("module", "left"), ("resolution", "right"), ("channels", "right"),
+                         ("blocks", "right"), ("stride", "right"), ("RF", "right")):
+        table.add_column(col, justify=justify)
+    for s in t.stages:
+        table.add_row(s.name, s.module or "-", f"{s.resolution[0]}x{s.resolution[1]}", str(s.channels),
+                      str(s.blocks) if s.blocks else "-", _num(s.stride),
+                      _num(s.receptive_field) + ("+" if s.global_context else ""))
+    out = console()
+    out.print(table)
+    out.print(f"{t.name}: {t.resolution_pattern} and {t.channel_pattern}")
+    return 0

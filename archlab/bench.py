@@ -1,0 +1,377 @@
+"""Speed and memory benchmarks of archlab models, interleaved with the reference implementations.
+
+A *row* is one model at one batch size; its *contenders* (ours, torchvision's, timm's ...) are built once,
+warmed up, then timed in turns — ours, theirs, ours, theirs — with the starting contender alternating from
+repeat to repeat, so that a burst of load from a neighbour on a shared machine hits every contender alike
+rather than skewing one of them. Each repeat is one step: a forward pass (``infer``) or forward + backward +
+SGD step (``train``). On CUDA a step is timed with CUDA events after a synchronize; on CPU with
+``time.perf_counter``.
+
+Peak memory per step: on CUDA, ``torch.cuda.max_memory_allocated`` during one step above what was allocated
+before it, plus the model's own parameters and buffers; on CPU (Linux), the peak rise of the process RSS
+while one step runs, sampled every 0.5 ms (activations and workspace; weights excluded); elsewhere ``None``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import math
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archlab.cli import CLIError, console, positive_ints, print_json
+
+# Same architecture, another name in timm (where timm's name differs from ours).
+TIMM_EQUIVALENT: dict[str, str] = {
+    "mobilenet_v1": "mobilenetv1_100",
+    "mobilenet_v2": "mobilenetv2_100",
+    "mobilenet_v3_large": "mobilenetv3_large_100",
+    "mobilenet_v3_small": "mobilenetv3_small_100",
+}
+SOURCES = ("torchvision", "timm")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How every contender of a run is timed."""
+
+    device: str = "cpu"
+    mode: str = "infer"
+    amp: str | None = None
+    compile: bool = False
+    input_size: int | None = None  # None: the model card's input_size
+    repeats: int = 20
+    warmup: int = 5
+
+
+@dataclass
+class Contender:
+    """One implementation in a row: ``label`` ('ours', 'torchvision:resnet50'), how to build it, its format."""
+
+    label: str
+    build: Callable[[], nn.Module]
+    channels_last: bool = False
+    fused: bool = False
+    is_ours: bool = False
+    times_ms: list[float] = field(default_factory=list)
+    peak_bytes: int | None = None
+
+
+def reference_for(name: str, source: str) -> str | None:
+    """The reference of the same architecture in ``source`` ('torchvision' / 'timm'), as 'source:name'."""
+    import archlab
+
+    card = archlab.model_card(name)
+    if card.reference_source == source:
+        return card.reference
+    if source == "torchvision":
+        import torchvision
+
+        return f"torchvision:{name}" if name in torchvision.models.list_models() else None
+    if source == "timm":
+        import timm
+
+        candidate = TIMM_EQUIVALENT.get(name, name)
+        return f"timm:{candidate}" if candidate in timm.list_models() else None
+    raise ValueError(f"unknown reference source {source!r}; known: {', '.join(SOURCES)}")
+
+
+def build_reference(reference: str) -> nn.Module:
+    """A reference model ('torchvision:resnet50', 'timm:efficientnet_b0') with random weights."""
+    source, name = reference.split(":", 1)
+    if source == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+    if source == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+    raise ValueError(f"unknown reference source {source!r}")
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _release_free_heap() -> None:
+    """Hand malloc's free pages back to the OS (glibc), so that a step's allocations show up as RSS growth
+    instead of reusing pages kept since the warm-up."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _cpu_peak_rss_delta(step: Callable[[], None]) -> int | None:
+    """Peak rise of the process RSS while ``step`` runs, sampled from a thread (torch ops release the GIL)."""
+    base = _rss_bytes()
+    if base is None:
+        return None
+    _release_free_heap()
+    base = _rss_bytes() or base
+    peak, done = [base], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes() or 0)
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        step()
+    finally:
+        done.set()
+        thread.join()
+    return max(0, max(peak[0], _rss_bytes() or 0) - base)
+
+
+class _Runner:
+    """A built contender on its device with its input, optimizer and autocast context: ``step()`` runs once."""
+
+    def __init__(self, c: Contender, s: Settings, batch: int, size: int) -> None:
+        from archlab.deploy import fuse
+
+        model = c.build()
+        if c.fused:
+            model = fuse(model)
+        self.dev = torch.device(s.device)
+        fmt = torch.channels_last if c.channels_last else torch.contiguous_format
+        model = model.to(self.dev, memory_format=fmt)
+        model.train(s.mode == "train")
+        self.own_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        in_chans = getattr(model, "in_chans", 3)
+        self.x = torch.randn(batch, in_chans, size, size, device=self.dev).contiguous(memory_format=fmt)
+        self.model = torch.compile(model) if s.compile else model
+        self.train = s.mode == "train"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp or "")
+        self.autocast = (lambda: torch.autocast(self.dev.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        if self.train:
+            self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+            self.scaler = torch.amp.GradScaler(self.dev.type, enabled=s.amp == "fp16" and self.dev.type == "cuda")
+            self.target: torch.Tensor | None = None  # class indices, drawn once the head size is seen
+        self.grad_ctx = contextlib.nullcontext if self.train else (torch.no_grad if s.compile else torch.inference_mode)
+
+    def step(self) -> None:
+        with self.grad_ctx(), self.autocast():
+            out = self.model(self.x)
+            if not self.train:
+                return
+            if self.target is None:
+                self.target = torch.randint(0, out.shape[-1], out.shape[:1], device=self.dev)
+            loss = F.cross_entropy(out.float(), self.target)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+
+    def timed_step(self) -> float:
+        """Milliseconds of one step."""
+        if self.dev.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(self.dev)
+            start.record()
+            self.step()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        self.step()
+        return (time.perf_counter() - t0) * 1e3
+
+    def peak_memory(self) -> int | None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+            before = torch.cuda.memory_allocated(self.dev)
+            torch.cuda.reset_peak_memory_stats(self.dev)
+            self.step()
+            torch.cuda.synchronize(self.dev)
+            return torch.cuda.max_memory_allocated(self.dev) - before + self.own_bytes
+        return _cpu_peak_rss_delta(self.step)
+
+
+def bench_row(
+    contenders: list[Contender],
+    batch: int,
+    settings: Settings,
+    input_size: int,
+    on_step: Callable[[], None] | None = None,
+    measure_memory: bool = True,
+) -> None:
+    """Time every contender at ``batch``, interleaved; fills ``times_ms`` (and ``peak_bytes``) in place."""
+    runners = [_Runner(c, settings, batch, input_size) for c in contenders]
+    try:
+        for r in range(settings.warmup + settings.repeats):
+            # Alternate who goes first, so neither side always runs right after the other (caches, turbo).
+            order = list(enumerate(runners)) if r % 2 == 0 else list(enumerate(runners))[::-1]
+            for i, runner in order:
+                ms = runner.timed_step()
+                if r >= settings.warmup:
+                    contenders[i].times_ms.append(ms)
+                if on_step:
+                    on_step()
+        for c, runner in zip(contenders, runners):
+            c.peak_bytes = runner.peak_memory() if measure_memory else None
+    finally:
+        del runners
+        gc.collect()
+        if settings.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def summarize(c: Contender, batch: int) -> dict[str, Any]:
+    """Median, quartiles, min/max of a contender's step times, and its throughput."""
+    t = sorted(c.times_ms)
+    q1, _, q3 = statistics.quantiles(t, n=4, method="inclusive") if len(t) > 1 else (t[0], t[0], t[0])
+    med = statistics.median(t)
+    return dict(impl=c.label, batch=batch, median_ms=med, q1_ms=q1, q3_ms=q3, iqr_ms=q3 - q1, min_ms=t[0],
+                max_ms=t[-1], images_per_s=batch * 1e3 / med, peak_mem_bytes=c.peak_bytes, repeats=len(t),
+                channels_last=c.channels_last, fused=c.fused)
+
+
+def geometric_mean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- archlab bench
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names")
+    p.add_argument("--batch", type=positive_ints, default=[1, 8, 32], help="batch sizes, e.g. 1,8,32 (default)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--mode", choices=("infer", "train"), default="infer",
+                   help="infer: forward only; train: forward + backward + SGD step")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (all contenders)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (all contenders)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every contender")
+    p.add_argument("--fused", action="store_true", help="fold BatchNorm into convs in OUR models (infer only)")
+    p.add_argument("--vs", default=None, metavar="SOURCES",
+                   help="also time the reference of the same architecture: torchvision, timm or torchvision,timm")
+    p.add_argument("--input", type=int, default=None, metavar="N", help="input N x N (default: the card's)")
+    p.add_argument("--repeats", type=int, default=20, help="timed steps per contender (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    import archlab
+
+    for name in args.models:
+        card = archlab.model_card(name)  # UnknownModelError (a ValueError): one line, exit 2
+        size = card.input_size if args.input is None else args.input
+        if size < card.min_input_size:
+            raise CLIError(f"{name} needs --input >= {card.min_input_size}, got {size}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA GPU is available to PyTorch on this machine")
+    if args.repeats < 1 or args.warmup < 0:
+        raise CLIError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    if args.fused and args.mode == "train":
+        raise CLIError("--fused is for --mode infer: a fused model has no BatchNorm left to train")
+    sources = [s.strip() for s in args.vs.split(",") if s.strip()] if args.vs else []
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown or (args.vs is not None and not sources):
+        raise CLIError(f"--vs takes a comma-separated list of {', '.join(SOURCES)}; got {args.vs!r}")
+    return sources
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import archlab
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    sources = _check_args(args)
+    settings = Settings(device=args.device, mode=args.mode, amp=args.amp, compile=args.compile,
+                        input_size=args.input, repeats=args.repeats, warmup=args.warmup)
+    plan, notes = [], []
+    for name in args.models:
+        refs = []
+        for source in sources:
+            ref = reference_for(name, source)
+            if ref is None:
+                notes.append(f"{name}: no {source} model of the same architecture; not compared")
+            else:
+                refs.append(ref)
+        size = archlab.model_card(name).input_size if args.input is None else args.input
+        for batch in args.batch:
+            plan.append((name, refs, batch, size))
+    total = sum((1 + len(refs)) * (args.warmup + args.repeats) for _, refs, _, _ in plan)
+    rows: list[dict[str, Any]] = []
+    # Progress on stderr, so that --json output on stdout stays clean.
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), transient=True)
+    with progress:
+        task = progress.add_task("bench", total=total)
+        for name, refs, batch, size in plan:
+            progress.update(task, description=f"{name} batch {batch}")
+            contenders = [Contender("ours", lambda n=name: archlab.create_model(n), args.channels_last,
+                                    args.fused, is_ours=True)]
+            contenders += [Contender(r, lambda r=r: build_reference(r), args.channels_last) for r in refs]
+            try:
+                bench_row(contenders, batch, settings, size, on_step=lambda: progress.advance(task))
+            except torch.OutOfMemoryError:
+                raise CLIError(f"{name} at batch {batch}: out of memory on {args.device}") from None
+            except RuntimeError as exc:  # e.g. torch.compile without a C++ compiler
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise CLIError(f"{name} at batch {batch}: {first}") from exc
+            ours = summarize(contenders[0], batch)
+            for c in contenders:
+                row = dict(model=name, input=size, **summarize(c, batch))
+                # ours/theirs speed: > 1 means ours is faster.
+                row["ours_over_theirs"] = None if c.is_ours else row["median_ms"] / ours["median_ms"]
+                rows.append(row)
+    meta = dict(device=args.device, mode=args.mode, amp=args.amp, compile=args.compile,
+                channels_last=args.channels_last, fused=args.fused, threads=torch.get_num_threads(),
+                torch=torch.__version__, repeats=args.repeats, warmup=args.warmup)
+    if args.json:
+        print_json(dict(settings=meta, rows=rows, notes=notes))
+        return 0
+    _print_table(rows, meta, notes)
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any], notes: list[str]) -> None:
+    from rich.table import Table
+
+    flags = [f for f, on in (("channels-last", meta["channels_last"]), ("fused (ours only)", meta["fused"]),
+                             ("compile", meta["compile"]), (meta["amp"], meta["amp"])) if on]
+    title = f"{meta['mode']} on {meta['device']} ({meta['threads']} thread(s)){', ' if flags else ''}{', '.join(flags)}"
+    table = Table(title=title, header_style="bold")
+    for col in ("model", "impl", "input", "batch", "median ms", "IQR ms", "min-max ms", "img/s", "peak mem",
+                "ours/theirs"):
+        table.add_column(col, justify="left" if col in ("model", "impl") else "right")
+    for r in rows:
+        ratio = r["ours_over_theirs"]
+        table.add_row(r["model"], r["impl"], str(r["input"]), str(r["batch"]), f"{r['median_ms']:.2f}",
+                      f"{r['iqr_ms']:.2f}", f"{r['min_ms']:.1f}-{r['max_ms']:.1f}", f"{r['images_per_s']:.1f}",
+                      _fmt_bytes(r["peak_mem_bytes"]), "-" if ratio is None else f"{ratio:.2f}x")
+    c = console()
+    if not c.is_terminal:
+        c.width = max(c.width, 160)  # piped to a file: don't squeeze the columns
+    c.print(table)
+    c.print("ours/theirs: our images/s over the reference's, same run, interleaved; > 1 means ours is faster. "
+            "peak mem: " + ("CUDA peak during a step + weights" if meta["device"] == "cuda"
+                            else "RSS rise during a step (activations; weights excluded)"))
+    for note in notes:
+        c.print(f"note: {note}")

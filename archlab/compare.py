@@ -1,0 +1,221 @@
+"""``archlab compare``: the seed's architecture comparison table, measured on this machine.
+
+For each model: the year and key innovation from its card, parameters and multiply-adds *measured* (by
+:func:`archlab.analysis.profile` on the meta device, at the card's resolution) beside the *published* figures with
+the difference in percent, the published ImageNet top-1 with its source, the activation memory of one forward pass,
+and a short CPU latency measurement at batch 1. ``--out DIR`` writes Markdown, CSV and JSON tables and two plots:
+top-1 against multiply-adds (the efficiency frontier) and top-1 against measured latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+# The seed's comparison table, then the families it discusses without a row.
+DEFAULT_MODELS = [
+    "alexnet", "vgg16", "resnet50", "resnet152", "densenet201", "mobilenet_v2", "efficientnet_b0",
+    "efficientnet_b7", "resnext50_32x4d", "seresnet50", "mobilenet_v1", "mobilenet_v3_large",
+]
+
+
+@dataclass
+class Row:
+    name: str
+    family: str
+    year: int
+    resolution: int
+    params: int
+    params_published: int | None
+    macs: int
+    macs_published: int | None
+    top1: float | None
+    top1_source: str | None
+    activation_bytes: int
+    latency_ms: float | None
+    innovation: str
+
+    @staticmethod
+    def delta(measured: float, published: float | None) -> float | None:
+        return None if not published else 100.0 * (measured - published) / published
+
+    @property
+    def params_delta(self) -> float | None:
+        return self.delta(self.params, self.params_published)
+
+    @property
+    def macs_delta(self) -> float | None:
+        return self.delta(self.macs, self.macs_published)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(params_delta_pct=self.params_delta, macs_delta_pct=self.macs_delta)
+        return d
+
+
+def latency_budget_repeats(macs: int) -> int:
+    """Timed repeats for a short CPU measurement: fewer for the heavy models, so the whole table takes < 1 min."""
+    return 7 if macs < 1e9 else 3 if macs < 8e9 else 1
+
+
+def measure_row(name: str, bench: bool = True) -> Row:
+    """Profile one model at its card's resolution and, with ``bench``, time batch-1 CPU inference."""
+    import archlab
+    from archlab.analysis import profile
+
+    card = archlab.model_card(name)
+    prof = profile(name)
+    latency = None
+    if bench:
+        from archlab.bench import Contender, Settings, bench_row, summarize
+
+        contender = Contender(label="ours", build=lambda: archlab.create_model(name), is_ours=True)
+        settings = Settings(repeats=latency_budget_repeats(prof.macs), warmup=1)
+        bench_row([contender], batch=1, settings=settings, input_size=card.input_size, measure_memory=False)
+        latency = summarize(contender, 1)["median_ms"]
+    return Row(
+        name=name, family=card.family, year=card.year, resolution=card.input_size, params=prof.params,
+        params_published=card.params, macs=prof.macs, macs_published=card.macs, top1=card.top1,
+        top1_source=card.top1_source, activation_bytes=prof.activation_bytes, latency_ms=latency,
+        innovation=card.innovation,
+    )
+
+
+def compare(
+    names: list[str] | None = None, bench: bool = True, on_row: Callable[[int, str], None] | None = None
+) -> list[Row]:
+    """Measure every model of ``names`` (default: :data:`DEFAULT_MODELS`); ``on_row(i, name)`` before each."""
+    import archlab
+
+    names = list(names or DEFAULT_MODELS)
+    for name in names:
+        archlab.model_card(name)  # an unknown name fails before any measuring starts
+    rows = []
+    for i, name in enumerate(names):
+        if on_row:
+            on_row(i, name)
+        rows.append(measure_row(name, bench=bench))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+COLUMNS = ["model", "year", "params", "published", "Δ%", "MACs", "published", "Δ%", "top-1", "top-1 source",
+           "act. mem", "CPU ms (b=1)", "key innovation"]
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.1f}"
+
+
+def table_cells(row: Row) -> list[str]:
+    return [
+        row.name, str(row.year), f"{row.params / 1e6:.2f}M",
+        "-" if row.params_published is None else f"{row.params_published / 1e6:.2f}M", _pct(row.params_delta),
+        f"{row.macs / 1e9:.3f}G@{row.resolution}",
+        "-" if row.macs_published is None else f"{row.macs_published / 1e9:.3f}G", _pct(row.macs_delta),
+        "-" if row.top1 is None else f"{row.top1:.1f}", row.top1_source or "-",
+        f"{row.activation_bytes / 2**20:.0f} MiB", "-" if row.latency_ms is None else f"{row.latency_ms:.1f}",
+        row.innovation,
+    ]
+
+
+def to_markdown(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(rows: list[Row], out: Path) -> list[Path]:
+    """Markdown, CSV and JSON tables and the two plots; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    dicts = [r.to_dict() for r in rows]
+    md, cs, js = out / "compare.md", out / "compare.csv", out / "compare.json"
+    md.write_text("# Architecture comparison (archlab compare)\n\n" + to_markdown(rows))
+    with cs.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dicts[0]))
+        writer.writeheader()
+        writer.writerows(dicts)
+    js.write_text(json.dumps(dicts, indent=2))
+    written = [md, cs, js]
+    from archlab.plots import plot_accuracy_vs
+
+    written.append(plot_accuracy_vs(rows, "macs", out / "top1_vs_macs.png"))
+    if any(r.latency_ms for r in rows):
+        written.append(plot_accuracy_vs(rows, "latency_ms", out / "top1_vs_latency.png"))
+    return written
+
+
+def print_table(rows: list[Row]) -> None:
+    """A terminal-width table (the full one, with sources, goes to --out); key innovations listed below it."""
+    from rich.table import Table
+
+    from archlab.cli import console
+
+    table = Table(title="Architecture comparison: measured here, published figures from the model cards",
+                  header_style="bold", caption="Δ: measured vs published; top-1 sources in compare.md (--out)")
+    for col in ("model", "year", "params (Δ%)", "MACs @res (Δ%)", "top-1", "act. mem", "CPU ms b=1"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for r in rows:
+        cells = table_cells(r)
+        table.add_row(r.name, cells[1], f"{cells[2]} ({cells[4]})", f"{cells[5]} ({cells[7]})", cells[8],
+                      cells[10], cells[11])
+    out = console()
+    out.print(table)
+    for r in rows:
+        out.print(f"[bold]{r.name}[/bold]: {r.innovation}", highlight=False)
+
+
+# --------------------------------------------------------------------------------------------- archlab compare
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="*", help=f"models to compare (default: {', '.join(DEFAULT_MODELS)})")
+    p.add_argument("--out", type=Path, help="write compare.md/.csv/.json and two PNG plots to this folder")
+    p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _check_out_dir(out: Path) -> None:
+    """Fail before any measuring if ``out`` cannot be created and written."""
+    from archlab.cli import CLIError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".archlab-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CLIError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    import archlab
+    from archlab.cli import console, print_json
+
+    names = args.models or DEFAULT_MODELS
+    for name in names:
+        archlab.model_card(name)
+    if args.out is not None:
+        _check_out_dir(args.out)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<34}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console(), transient=True, disable=args.json) as progress:
+        task = progress.add_task("measuring", total=len(names))
+        rows = compare(names, bench=not args.no_bench,
+                       on_row=lambda i, n: progress.update(task, completed=i, description=f"measuring {n}"))
+    if args.json:
+        print_json([r.to_dict() for r in rows])
+    else:
+        print_table(rows)
+    if args.out is not None:
+        for path in write_outputs(rows, args.out):
+            if not args.json:
+                console().print(f"wrote {path}")
+    return 0

@@ -1,0 +1,263 @@
+"""Deployment: fold BatchNorm into convolutions for inference, and export to ONNX checked against onnxruntime.
+
+How conv→BN pairs are found: **torch.fx**, on the model's dataflow graph, not on module order. A module-order walk
+only sees that a BatchNorm is *registered* after a conv; the graph shows that the BatchNorm's input *is* that
+conv's output, and (``node.users``) that nothing else reads the raw conv output — a residual that adds the
+pre-norm tensor, a conv whose output feeds two norms, or a module shared by two call sites would all make a
+fold wrong, and all three are visible in the graph. The fold itself is applied to the original module tree
+(weights rewritten, BatchNorm replaced by ``nn.Identity``), so the fused model keeps its class and API
+(``forward_features``, ``feature_info``, ``card``). Where a module cannot be traced (Python control flow on
+tensor values), its children are traced one by one instead: pairs inside traceable sub-trees are still found,
+and nothing is folded across an untraceable boundary, so the result stays exact.
+
+Pre-activation BatchNorms (DenseNet: BN→ReLU→conv) have no conv *before* them and are kept. Folding a BN into
+the conv *after* it is not done: with zero padding the border pixels see padded zeros, not the BN's shift,
+so that fold is not exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from archlab.cli import CLIError, console, print_json
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Layers that are an identity in eval mode whatever their probability.
+_EVAL_IDENTITY_NAMES = {"DropPath", "StochasticDepth", "DropBlock2d"}
+
+
+@dataclass
+class FuseSummary:
+    """What :func:`fuse` did: folded ``(conv, norm)`` module names, norms kept, and layers dropped."""
+
+    folded: list[tuple[str, str]] = field(default_factory=list)
+    kept_norms: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    untraced: list[str] = field(default_factory=list)
+
+
+class _Trunk(nn.Module):
+    """Trace target for an ArchNet: features then head, skipping ``check_input`` (control flow on shapes)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m.forward_head(self.m.forward_features(x))
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that tolerates container modules built on the fly (``self.classifier[:-1](x)`` slices a
+    Sequential into a new, unregistered one): their children are registered and traced as usual."""
+
+    def path_of_module(self, mod: nn.Module) -> str:
+        try:
+            return super().path_of_module(mod)
+        except NameError:
+            return "<unregistered>"
+
+
+def _pairs_in_graph(graph: fx.Graph, root: nn.Module, prefix: str) -> list[tuple[str, str]]:
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    modules = dict(root.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm):
+            continue
+        norm = modules[node.target]
+        if not norm.track_running_stats or norm.running_mean is None or len(node.args) != 1 or node.kwargs:
+            continue  # batch statistics at eval time: nothing fixed to fold
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules.get(src.target), _CONVS)):
+            continue
+        conv = modules[src.target]
+        if len(src.users) != 1 or calls[src.target] != 1 or calls[node.target] != 1:
+            continue  # the raw conv output is read elsewhere, or a module is called twice: folding would change it
+        if conv.out_channels != norm.num_features:
+            continue
+        pairs.append((prefix + src.target, prefix + node.target))
+    return pairs
+
+
+def _find_pairs(module: nn.Module, prefix: str, summary: FuseSummary) -> list[tuple[str, str]]:
+    """Conv→BN pairs of ``module`` by tracing the largest sub-trees that torch.fx can trace."""
+    if isinstance(module, (*_CONVS, nn.modules.batchnorm._BatchNorm)) or not any(module.children()):
+        return []
+    is_archnet = hasattr(module, "forward_features") and hasattr(module, "forward_head")
+    target, strip = (_Trunk(module), "m.") if is_archnet else (module, "")
+    try:
+        graph = _Tracer().trace(target)
+    except Exception:  # noqa: BLE001 - any tracing failure means: look one level down
+        summary.untraced.append(prefix.rstrip(".") or "<root>")
+        pairs = []
+        for name, child in module.named_children():
+            pairs += _find_pairs(child, f"{prefix}{name}.", summary)
+        return pairs
+    return [(prefix + c[len(strip):], prefix + b[len(strip):]) for c, b in _pairs_in_graph(graph, target, "")]
+
+
+@torch.no_grad()
+def fold_bn_into_conv(conv: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
+    """Rewrite ``conv`` in place so that ``conv(x) == norm(conv_before(x))`` in eval mode (in float64, then cast)."""
+    w = conv.weight.double()
+    scale = norm.running_var.double().add(norm.eps).rsqrt()
+    shift = -norm.running_mean.double() * scale
+    if norm.affine:
+        scale = scale * norm.weight.double()
+        shift = shift * norm.weight.double() + norm.bias.double()
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
+    conv.weight.copy_((w * scale.view(-1, *([1] * (w.ndim - 1)))).to(conv.weight.dtype))
+    new_bias = (bias * scale + shift).to(conv.weight.dtype)
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias, requires_grad=conv.weight.requires_grad)
+    else:
+        conv.bias.copy_(new_bias)
+
+
+def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model``: every BatchNorm that follows a conv folded into it, dropout and
+    drop-path removed. Outputs equal ``model.eval()``'s up to float rounding; ``model`` is not modified.
+
+    The copy is in eval mode and carries ``fuse_summary`` (a :class:`FuseSummary`). It is for inference only:
+    training it would train the folded convs without their BatchNorms.
+    """
+    fused = copy.deepcopy(model).eval()
+    summary = FuseSummary()
+    # A module registered under two names (shared weights) must not be rewritten for one of its uses.
+    seen = Counter(id(m) for _, m in fused.named_modules(remove_duplicate=False))
+    pairs = [
+        (c, b) for c, b in _find_pairs(fused, "", summary)
+        if seen[id(fused.get_submodule(c))] == 1 and seen[id(fused.get_submodule(b))] == 1
+    ]
+    for conv_name, norm_name in pairs:
+        fold_bn_into_conv(fused.get_submodule(conv_name), fused.get_submodule(norm_name))
+        _replace(fused, norm_name, nn.Identity())
+        summary.folded.append((conv_name, norm_name))
+    for name, m in list(fused.named_modules()):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            summary.kept_norms.append(name)
+        elif isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ in _EVAL_IDENTITY_NAMES:
+            _replace(fused, name, nn.Identity())
+            summary.dropped.append(name)
+    fused.fuse_summary = summary
+    return fused
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+def export_onnx(model: nn.Module, path: str, input_size: int, opset: int = 17) -> None:
+    """Export ``model`` (eval mode) to ONNX with a dynamic batch axis, via the TorchScript-based exporter.
+
+    ``dynamo=False``: the torch.export-based exporter needs ``onnxscript``, which is optional here; the legacy
+    exporter handles every archlab model.
+    """
+    x = torch.randn(1, model.in_chans if hasattr(model, "in_chans") else 3, input_size, input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation and tracer warnings (shape checks are constants)
+        torch.onnx.export(
+            model, (x,), path, dynamo=False, opset_version=opset, input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
+
+
+def _median_ms(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def check_onnx(model: nn.Module, path: str, input_size: int, batch: int = 2, repeats: int = 10,
+               warmup: int = 2) -> tuple[float, float, float]:
+    """Run the ONNX file in onnxruntime next to PyTorch: (max |difference|, ort median ms, torch median ms)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()  # same threads as PyTorch, for a fair latency
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    x = torch.randn(batch, model.in_chans if hasattr(model, "in_chans") else 3, input_size, input_size)
+    with torch.inference_mode():
+        expected = model(x)
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    got = torch.from_numpy(session.run(None, feed)[0])
+    diff = (got - expected).abs().max().item()
+    ort_ms = _median_ms(lambda: session.run(None, feed), repeats, warmup)
+    with torch.inference_mode():
+        torch_ms = _median_ms(lambda: model(x), repeats, warmup)
+    return diff, ort_ms, torch_ms
+
+
+# ---------------------------------------------------------------------------------------------- archlab export
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="registered model name (see `archlab list`)")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="output .onnx file")
+    p.add_argument("--input", type=int, default=None, metavar="N", help="input size N x N (default: the card's)")
+    p.add_argument("--fused", action="store_true", help="export the fused model (BatchNorm folded, dropout removed)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--repeats", type=int, default=10, help="timed onnxruntime runs (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import archlab
+
+    card = archlab.model_card(args.name)  # UnknownModelError is a ValueError: one line, exit 2
+    size = card.input_size if args.input is None else args.input
+    if size < card.min_input_size:
+        raise CLIError(f"{args.name} needs --input >= {card.min_input_size}, got {size}")
+    if args.repeats < 1:
+        raise CLIError(f"--repeats must be >= 1, got {args.repeats}")
+    parent = os.path.dirname(os.path.abspath(args.onnx))
+    if not os.path.isdir(parent):
+        raise CLIError(f"cannot write {args.onnx}: directory {parent} does not exist")
+    model = archlab.create_model(args.name).eval()
+    if args.fused:
+        model = fuse(model)
+    try:
+        export_onnx(model, args.onnx, size, opset=args.opset)
+    except Exception as exc:  # noqa: BLE001 - an unsupported op, an opset too old ...: say which, exit 2
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CLIError(f"cannot export {args.name} to ONNX: {first}") from exc
+    diff, ort_ms, torch_ms = check_onnx(model, args.onnx, size, repeats=args.repeats)
+    ok = diff <= 1e-4
+    result = dict(model=args.name, onnx=args.onnx, input=size, fused=args.fused, opset=args.opset,
+                  max_abs_diff=diff, matches=ok, ort_latency_ms=ort_ms, torch_latency_ms=torch_ms,
+                  latency_batch=2, threads=torch.get_num_threads())
+    if args.json:
+        print_json(result)
+    else:
+        c = console()
+        verdict = "[green]ok[/]" if ok else "[red]MISMATCH[/]"
+        c.print(f"exported {args.name}{' (fused)' if args.fused else ''} -> {args.onnx} (opset {args.opset}, "
+                f"input {size}x{size}, dynamic batch)")
+        c.print(f"onnxruntime vs PyTorch: max |diff| = {diff:.2e} (tolerance 1e-4) {verdict}")
+        c.print(f"latency, batch 2, {torch.get_num_threads()} thread(s): onnxruntime {ort_ms:.2f} ms, "
+                f"PyTorch {torch_ms:.2f} ms (median of {args.repeats})")
+    if not ok:
+        print(f"archlab: error: onnxruntime output differs from PyTorch by {diff:.2e} > 1e-4", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,166 @@
+"""The performance goals of the "Benchmarks and deployment" issue, measured on CPU, written as Markdown.
+
+(a) Our eager models against torchvision's and timm's implementation of the same architecture, timed in the
+    same run, interleaved (see archlab.bench): ours/theirs speed per model, geometric mean per family.
+    Goal (the issue's): every family at least as fast as the reference (geometric mean >= 1.00; --goal-a).
+(b) Our deployment form (``--fused --channels-last``) against torchvision eager in its default format and in
+    channels-last, geometric mean over resnet50, resnext50_32x4d, mobilenet_v2, mobilenet_v3_large and
+    efficientnet_b0. Goal (the issue's): >= 1.5x torchvision eager (--goal-b) and >= 1.1x torchvision
+    channels-last (--goal-b-cl), geometric means.
+
+Batch 8, 224x224, one thread by default. Timings from a shared machine are noisy: read the ratios, which come
+from interleaved runs, not the absolute milliseconds.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_vs_reference.py            # short default run
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_vs_reference.py --all --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+import archlab
+from archlab.bench import Contender, Settings, bench_row, build_reference, geometric_mean, reference_for
+
+# One or two models per family keep the default run to a few minutes on one core.
+DEFAULT_MODELS = ["alexnet", "vgg11_bn", "resnet50", "resnext50_32x4d", "densenet121", "mobilenet_v1",
+                  "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
+DEPLOY_MODELS = ["resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
+RESULTS = Path(__file__).parent / "results" / "bench_vs_reference.md"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def median(c: Contender) -> float:
+    t = sorted(c.times_ms)
+    return t[len(t) // 2] if len(t) % 2 else (t[len(t) // 2 - 1] + t[len(t) // 2]) / 2
+
+
+def part_a(models: list[str], settings: Settings, batch: int, size: int) -> tuple[list[str], dict[str, float]]:
+    lines = ["| model | family | ours ms | torchvision ms | timm ms | ours/torchvision | ours/timm |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for name in models:
+        refs = {s: reference_for(name, s) for s in ("torchvision", "timm")}
+        refs = {s: r for s, r in refs.items() if r}
+        if not refs:
+            log(f"(a) {name}: no reference implementation, skipped")
+            continue
+        log(f"(a) {name} vs {', '.join(refs.values())}")
+        cs = [Contender("ours", lambda n=name: archlab.create_model(n), is_ours=True)]
+        cs += [Contender(r, lambda r=r: build_reference(r)) for r in refs.values()]
+        bench_row(cs, batch, settings, size, measure_memory=False)
+        ours_ms, by_label = median(cs[0]), {c.label: median(c) for c in cs}
+        family = archlab.model_card(name).family
+        cells = []
+        for source in ("torchvision", "timm"):
+            if source in refs:
+                ratio = by_label[refs[source]] / ours_ms  # ours/theirs speed
+                ratios[(family, source)].append(ratio)
+                cells.append((f"{by_label[refs[source]]:.1f} ({refs[source].split(':')[1]})", f"{ratio:.3f}"))
+            else:
+                cells.append(("-", "-"))
+        lines.append(f"| {name} | {family} | {ours_ms:.1f} | {cells[0][0]} | {cells[1][0]} | {cells[0][1]} "
+                     f"| {cells[1][1]} |")
+    lines += ["", "Geometric mean of ours/theirs speed per family (> 1: ours faster):", "",
+              "| family | vs torchvision | vs timm |", "|---|---:|---:|"]
+    families = sorted({f for f, _ in ratios})
+    per_family = {}
+    for f in families:
+        cells = []
+        for source in ("torchvision", "timm"):
+            values = ratios.get((f, source))
+            if values:
+                per_family[f"{f}/{source}"] = geometric_mean(values)
+                cells.append(f"{per_family[f'{f}/{source}']:.3f} (n={len(values)})")
+            else:
+                cells.append("-")
+        lines.append(f"| {f} | {cells[0]} | {cells[1]} |")
+    return lines, per_family
+
+
+def part_b(models: list[str], settings: Settings, batch: int, size: int) -> tuple[list[str], dict[str, float]]:
+    lines = ["| model | ours fused+CL ms | torchvision eager ms | torchvision CL ms | vs eager | vs CL |",
+             "|---|---:|---:|---:|---:|---:|"]
+    vs_eager, vs_cl = [], []
+    for name in models:
+        ref = reference_for(name, "torchvision")
+        log(f"(b) {name}: fused channels-last vs {ref} (default format and channels-last)")
+        cs = [Contender("ours", lambda n=name: archlab.create_model(n), channels_last=True, fused=True, is_ours=True),
+              Contender(ref, lambda r=ref: build_reference(r)),
+              Contender(f"{ref} CL", lambda r=ref: build_reference(r), channels_last=True)]
+        bench_row(cs, batch, settings, size, measure_memory=False)
+        ours, eager, cl = (median(c) for c in cs)
+        vs_eager.append(eager / ours)
+        vs_cl.append(cl / ours)
+        lines.append(f"| {name} | {ours:.1f} | {eager:.1f} | {cl:.1f} | {eager / ours:.3f} | {cl / ours:.3f} |")
+    summary = dict(vs_eager=geometric_mean(vs_eager), vs_channels_last=geometric_mean(vs_cl))
+    lines.append(f"| **geometric mean** | | | | **{summary['vs_eager']:.3f}** | **{summary['vs_channels_last']:.3f}** |")
+    return lines, summary
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=None, help="models for (a) (default: one or two per family)")
+    p.add_argument("--all", action="store_true", help="(a) over every registered model with a reference")
+    p.add_argument("--skip-a", action="store_true")
+    p.add_argument("--skip-b", action="store_true")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--input", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the dev machine is shared: 1)")
+    p.add_argument("--goal-a", type=float, default=1.0)
+    p.add_argument("--goal-b", type=float, default=1.5)
+    p.add_argument("--goal-b-cl", type=float, default=1.1)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = Settings(repeats=args.repeats, warmup=args.warmup)
+    registered = set(archlab.list_models())
+    models = archlab.list_models() if args.all else (args.models or DEFAULT_MODELS)
+    missing = [m for m in models + DEPLOY_MODELS if m not in registered]
+    if missing:
+        log(f"not registered (yet), skipped: {', '.join(sorted(set(missing)))}")
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    doc = [f"# archlab vs reference implementations ({now})", "",
+           f"CPU `{platform.processor() or platform.machine()}`, {args.threads} thread(s), torch {torch.__version__}, "
+           f"batch {args.batch}, {args.input}x{args.input}, inference, {args.warmup} warm-up + {args.repeats} timed "
+           "steps per implementation, interleaved (ours/theirs alternate every step). ours/theirs is the speed "
+           "ratio: > 1 means ours is faster. The machine is shared and noisy: differences of a few percent are "
+           "within the noise.", ""]
+    verdicts = []
+    if not args.skip_a:
+        lines, per_family = part_a([m for m in models if m in registered], settings, args.batch, args.input)
+        doc += ["## (a) eager: ours vs torchvision and timm", "", *lines, ""]
+        worst = min(per_family.values(), default=float("nan"))
+        verdicts.append(f"(a) worst family geometric mean {worst:.3f}, goal >= {args.goal_a}: "
+                        f"{'met' if worst >= args.goal_a else 'NOT met'}")
+    deploy = [m for m in DEPLOY_MODELS if m in registered]
+    if not args.skip_b and deploy:
+        lines, summary = part_b(deploy, settings, args.batch, args.input)
+        doc += ["## (b) deployment: ours `--fused --channels-last` vs torchvision eager", "", *lines, ""]
+        verdicts.append(f"(b) vs torchvision eager {summary['vs_eager']:.3f}, vs torchvision channels-last "
+                        f"{summary['vs_channels_last']:.3f}; goal >= {args.goal_b} vs eager: "
+                        f"{'met' if summary['vs_eager'] >= args.goal_b else 'NOT met'}, goal >= {args.goal_b_cl} "
+                        f"vs channels-last: {'met' if summary['vs_channels_last'] >= args.goal_b_cl else 'NOT met'}")
+    doc += ["## Goals", "", *[f"- {v}" for v in verdicts], ""]
+    text = "\n".join(doc)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    log(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""archlab.bench and `archlab bench`: what gets timed, in which order, what is reported. Nothing here asserts a
+speed: timings on a shared machine are noise, only their bookkeeping is checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from archlab.bench import Contender, Settings, _Runner, bench_row, geometric_mean, reference_for, summarize
+from archlab.cli import main
+
+FAST = ["--repeats", "2", "--warmup", "1"]
+
+
+def run_json(capsys, argv):
+    assert main(["bench", *argv, *FAST, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_rows_per_model_and_batch_with_consistent_figures(capsys):
+    out = run_json(capsys, ["cifar_resnet20", "--input", "16", "--batch", "1,3"])
+    rows = out["rows"]
+    assert [(r["model"], r["impl"], r["batch"]) for r in rows] == [
+        ("cifar_resnet20", "ours", 1), ("cifar_resnet20", "ours", 3)]
+    for r in rows:
+        assert r["repeats"] == 2 and r["input"] == 16
+        assert r["min_ms"] <= r["q1_ms"] <= r["median_ms"] <= r["q3_ms"] <= r["max_ms"]
+        assert r["images_per_s"] == pytest.approx(r["batch"] * 1e3 / r["median_ms"])
+        assert r["peak_mem_bytes"] is None or r["peak_mem_bytes"] >= 0
+    assert out["settings"]["device"] == "cpu" and out["settings"]["mode"] == "infer"
+
+
+def test_vs_times_both_references_in_the_same_run(capsys):
+    rows = run_json(capsys, ["resnet18", "--input", "32", "--batch", "1", "--vs", "torchvision,timm"])["rows"]
+    assert [r["impl"] for r in rows] == ["ours", "torchvision:resnet18", "timm:resnet18"]
+    ours = rows[0]
+    for r in rows[1:]:
+        assert r["ours_over_theirs"] == pytest.approx(r["median_ms"] / ours["median_ms"])
+
+
+@pytest.mark.parametrize(
+    "name, source, expected",
+    [
+        ("resnet50", "torchvision", "torchvision:resnet50"),
+        ("resnet50", "timm", "timm:resnet50"),
+        ("mobilenet_v2", "timm", "timm:mobilenetv2_100"),
+        ("mobilenet_v3_large", "timm", "timm:mobilenetv3_large_100"),
+        ("efficientnet_b0", "timm", "timm:efficientnet_b0"),
+        ("seresnet50", "timm", "timm:seresnet50"),
+        ("seresnet50", "torchvision", None),
+        ("cifar_resnet20", "torchvision", None),
+    ],
+)
+def test_reference_of_the_same_architecture(name, source, expected):
+    assert reference_for(name, source) == expected
+
+
+def test_missing_reference_is_noted_not_fatal(capsys):
+    out = run_json(capsys, ["cifar_resnet20", "--input", "16", "--batch", "1", "--vs", "torchvision"])
+    assert [r["impl"] for r in out["rows"]] == ["ours"]
+    assert any("cifar_resnet20" in n and "torchvision" in n for n in out["notes"])
+
+
+class _Recorder(nn.Module):
+    def __init__(self, tag: str, calls: list[str]) -> None:
+        super().__init__()
+        self.tag, self.calls, self.lin = tag, calls, nn.Linear(3, 2)
+
+    def forward(self, x):
+        self.calls.append(self.tag)
+        return self.lin(x.mean((2, 3)))
+
+
+def test_contenders_are_interleaved_and_alternate_who_goes_first():
+    calls: list[str] = []
+    contenders = [Contender("ours", lambda: _Recorder("A", calls), is_ours=True),
+                  Contender("theirs", lambda: _Recorder("B", calls))]
+    bench_row(contenders, 1, Settings(repeats=3, warmup=1), input_size=4)
+    timed_and_warmup = calls[:8]  # then one extra step each for the memory figure
+    assert timed_and_warmup == ["A", "B", "B", "A", "A", "B", "B", "A"]
+    assert [len(c.times_ms) for c in contenders] == [3, 3]
+
+
+def test_train_mode_takes_an_optimizer_step():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(5))
+    model(torch.randn(2, 3, 6, 6))
+    before = [p.detach().clone() for p in model.parameters()]
+    runner = _Runner(Contender("m", lambda: model), Settings(mode="train"), batch=2, size=6)
+    runner.step()
+    assert runner.model.training
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--mode", "train"], ["--channels-last", "--fused"], ["--amp", "bf16"]],
+)
+def test_modes_and_formats_run(capsys, extra):
+    rows = run_json(capsys, ["mobilenet_v3_small", "--input", "32", "--batch", "2", *extra])["rows"]
+    assert len(rows) == 1 and rows[0]["median_ms"] > 0
+
+
+def test_table_output(capsys):
+    assert main(["bench", "cifar_resnet20", "--input", "16", "--batch", "2", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "cifar_resnet20" in out and "img/s" in out and "ours/theirs" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["no_such_net"], "unknown model"),
+        (["resnet18", "--batch", "0"], ">= 1"),
+        (["resnet18", "--batch", "2,x"], "integers"),
+        (["resnet18", "--vs", "keras"], "--vs"),
+        (["resnet18", "--fused", "--mode", "train"], "--fused"),
+        (["densenet121", "--input", "16"], "--input >= 29"),
+        (["resnet18", "--repeats", "0"], "--repeats"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(capsys, argv, message):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for machines without a GPU")
+def test_cuda_without_gpu_is_one_line_exit_2(capsys):
+    assert main(["bench", "resnet18", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_summary_statistics():
+    c = Contender("x", lambda: nn.Identity(), times_ms=[4.0, 1.0, 3.0, 2.0, 100.0])
+    s = summarize(c, batch=10)
+    assert (s["median_ms"], s["min_ms"], s["max_ms"]) == (3.0, 1.0, 100.0)
+    assert (s["q1_ms"], s["q3_ms"]) == (2.0, 4.0)  # the outlier moves max, not the IQR
+    assert s["images_per_s"] == pytest.approx(10 * 1e3 / 3.0)
+    assert geometric_mean([2.0, 8.0]) == pytest.approx(4.0)

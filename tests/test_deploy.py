@@ -1,0 +1,185 @@
+"""archlab.deploy: BatchNorm folding (exact on every registered model) and the `archlab export` ONNX command."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import archlab
+from archlab.cli import main
+from archlab.deploy import fuse
+from archlab.models.base import ArchNet
+
+
+def randomize_norms_moderately(model: nn.Module, seed: int = 0) -> None:
+    """Per-channel BN statistics and affine terms far from the identity, so that a wrong fold shows; the
+    scales stay below 1 so that 1000-layer residual nets do not overflow float32 (which would hide any error)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=g) * 0.4 + 0.3)
+                    m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+
+
+def assert_close_to(fused_out: torch.Tensor, ref: torch.Tensor) -> None:
+    """Within 1e-4 on the scale of the logits (random-init logits range from 1e-3 to 1e2 across families)."""
+    scale = ref.abs().max().item()
+    assert torch.isfinite(ref).all() and scale > 0
+    err = (fused_out - ref).abs().max().item()
+    assert err <= 1e-4 * scale, f"fused differs by {err:.3g} on logits of magnitude {scale:.3g}"
+
+
+def count_norms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", archlab.list_models())
+def test_fused_model_matches_eval_model(name):
+    card = archlab.model_card(name)
+    model = archlab.create_model(name, drop_path_rate=0.1 if "resnet" in name else 0.0)
+    randomize_norms_moderately(model)
+    model.eval()
+    size = max(card.min_input_size, 32)
+    x = torch.randn(2, model.in_chans, size, size)
+    fused = fuse(model)
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+    assert_close_to(out, ref)
+    s = fused.fuse_summary
+    # Every norm is either folded or deliberately kept, and the fold really happened where there are norms.
+    assert len(s.folded) + len(s.kept_norms) == count_norms(model)
+    assert count_norms(fused) == len(s.kept_norms)
+    if count_norms(model):
+        assert s.folded
+    assert not any(isinstance(m, nn.Dropout) for m in fused.modules())
+
+
+def test_fuse_keeps_class_api_and_leaves_original_untouched():
+    model = archlab.create_model("resnet18").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse(model)
+    assert isinstance(fused, type(model)) and isinstance(fused, ArchNet) and not fused.training
+    assert fused.card == model.card and fused.feature_info == model.feature_info
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert count_norms(model) == 20 and count_norms(fused) == 0  # every ResNet norm follows a conv
+    with pytest.raises(ValueError, match="input channels"):  # the input checks survive fusion
+        fused(torch.randn(1, 1, 64, 64))
+
+
+def test_downsample_and_attribute_pairs_are_folded():
+    fused = fuse(archlab.create_model("resnet50").eval())
+    folded = dict(fused.fuse_summary.folded)
+    assert folded["layer1.0.conv1"] == "layer1.0.bn1"
+    assert folded["layer1.0.downsample.0"] == "layer1.0.downsample.1"
+
+
+def test_densenet_keeps_pre_activation_norms():
+    model = archlab.create_model("densenet121").eval()
+    s = fuse(model).fuse_summary
+    # BN before a (zero-padded) conv cannot be folded exactly: norm1 of each layer, the transitions, norm5.
+    assert s.kept_norms and all(re.search(r"(denselayer\d+\.norm1|transition\d\.norm|norm5)$", n) for n in s.kept_norms)
+    assert any(b.endswith("norm2") for _, b in s.folded)  # conv1 -> norm2 inside a dense layer does fold
+
+
+class _ConvOutputReadTwice(nn.Module):
+    """y = bn(conv(x)) + conv(x): folding the norm into the conv would change the second reader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class _UntraceableRoot(nn.Module):
+    """Control flow on a tensor value in the root: fx cannot trace it, its children can be."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+
+    def forward(self, x):
+        return self.body(x) if x.sum() > -1e9 else x
+
+
+@pytest.mark.parametrize(
+    "module, folded",
+    [
+        (_ConvOutputReadTwice(), []),
+        (_UntraceableRoot(), [("body.0", "body.1")]),
+        (torchvision.models.resnet18(), None),  # a torchvision model: conv1/bn1 pairs, downsample Sequentials
+    ],
+)
+def test_fold_follows_the_dataflow(module, folded):
+    randomize_norms_moderately(module)
+    module.eval()
+    x = torch.randn(2, 3, 32, 32)
+    fused = fuse(module)
+    with torch.no_grad():
+        assert_close_to(fused(x), module(x))
+    if folded is not None:
+        assert fused.fuse_summary.folded == folded
+    else:
+        assert count_norms(fused) == 0
+
+
+# ---------------------------------------------------------------------------------------------- archlab export
+
+
+@pytest.mark.parametrize("name, fused", [("cifar_resnet20", True), ("mobilenet_v3_small", False)])
+def test_export_runs_in_onnxruntime(tmp_path, capsys, name, fused):
+    path = tmp_path / f"{name}.onnx"
+    argv = ["export", name, "--onnx", str(path), "--input", "32", "--repeats", "1", "--json"]
+    assert main(argv + (["--fused"] if fused else [])) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert path.stat().st_size > 0
+    assert out["matches"] and out["max_abs_diff"] <= 1e-4 and out["ort_latency_ms"] > 0
+    import onnx
+
+    graph_ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert ("BatchNormalization" not in graph_ops) if fused else True
+
+
+def test_export_prints_check_and_latency(tmp_path, capsys):
+    assert main(["export", "cifar_resnet20", "--onnx", str(tmp_path / "m.onnx"), "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "max |diff|" in out and "onnxruntime" in out and "ms" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["export", "no_such_net", "--onnx", "x.onnx"], "unknown model"),
+        (["export", "densenet121", "--onnx", "x.onnx", "--input", "16"], "--input >= 29"),
+        (["export", "resnet18", "--onnx", "/no/such/dir/x.onnx"], "does not exist"),
+        (["export", "resnet18"], "--onnx"),
+    ],
+)
+def test_export_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_unexportable_model_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::fancy' to ONNX opset version 17 is not supported.\nmore")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    assert main(["export", "cifar_resnet20", "--onnx", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot export cifar_resnet20" in err and "aten::fancy" in err and len(err.strip().splitlines()) == 1
