@@ -52,11 +52,12 @@ def print_json(obj: Any) -> None:
 
 
 def console(stderr: bool = False):
-    """A rich console; when output is not a terminal, wide enough that tables are not squeezed to 80 columns."""
+    """A rich console; when output is not a terminal, at least 160 columns, so tables are not squeezed to 80."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    columns = os.environ.get("COLUMNS", "")
+    width = None if stream.isatty() else max(int(columns) if columns.isdigit() else 0, 160)
     return Console(stderr=stderr, width=width)
 
 

@@ -1,0 +1,6 @@
+"""Training and evaluation that scale from one CPU core to ``torchrun`` over many GPUs.
+
+``data`` (datasets and reproducible loading), ``loop`` (the training loop), ``checkpoint`` (atomic, exact
+resume), ``distributed`` (DDP under torchrun), ``evaluate`` (top-1/top-5), ``runlog`` (metrics.csv, curves),
+``commands`` (the ``archlab train`` / ``archlab eval`` CLI).
+"""
