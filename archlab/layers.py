@@ -7,6 +7,7 @@ load into archlab models key for key.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -159,3 +160,31 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def init_weights(model: nn.Module, conv_mode: str = "fan_out", linear: str = "normal") -> None:
+    """The initialisation every family's reference code uses, with its two variable parts as arguments.
+
+    Convolutions: He normal (He et al. 2015, arXiv:1502.01852) on ``conv_mode`` ('fan_out' in torchvision's
+    ResNet/MobileNet/EfficientNet, 'fan_in' in DenseNet), zero bias. Norms: weight 1, bias 0. Linear layers:
+    ``'normal'`` N(0, 0.01) (VGG, MobileNet), ``'uniform'`` U(±1/sqrt(out)) (EfficientNet), ``'zero_bias'``
+    (PyTorch's default weight, zero bias: DenseNet) or ``'default'`` (PyTorch's default: ResNet).
+    """
+    if linear not in ("normal", "uniform", "zero_bias", "default"):
+        raise ValueError(f"unknown linear init {linear!r}")
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode=conv_mode, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear == "normal":
+                nn.init.normal_(m.weight, 0, 0.01)
+            elif linear == "uniform":
+                bound = 1.0 / math.sqrt(m.out_features)
+                nn.init.uniform_(m.weight, -bound, bound)
+            if linear != "default":
+                nn.init.zeros_(m.bias)

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import nn
 
-from archlab.models.base import ArchNet, linear_or_identity
+from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
 
@@ -38,7 +37,7 @@ ALEXNET_CONVS: list[AlexConv] = [
 ]
 
 
-class AlexNet(ArchNet):
+class AlexNet(PooledClassifierNet):
     """AlexNet from a conv table: conv-ReLU (+ max-pool), 6x6 adaptive pool, three FC layers with dropout."""
 
     def __init__(
@@ -78,19 +77,6 @@ class AlexNet(ArchNet):
             nn.ReLU(inplace=True),
             linear_or_identity(4096, num_classes),
         )
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        # pre_logits: the 4096-d output of the second FC block (the "fc7 features").
-        x = self.classifier[:-1](x)
-        return x if pre_logits else self.classifier[-1](x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[-1] = linear_or_identity(4096, num_classes)
-        self.num_classes = num_classes
 
 
 def alexnet(

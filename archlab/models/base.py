@@ -108,3 +108,27 @@ class FeatureExtractor(nn.Module):
             return self._outputs
         finally:
             self._outputs = []
+
+
+class PooledClassifierNet(ArchNet):
+    """The torchvision layout shared by AlexNet, VGG, MobileNet V2/V3 and EfficientNet: ``features`` (the
+    convolutional body) → ``avgpool`` → flatten → ``classifier``, a Sequential whose last layer is the class
+    projection. ``pre_logits`` is the output of everything in ``classifier`` before that projection (its dropout
+    and hidden layers), as in timm."""
+
+    features: nn.Module
+    avgpool: nn.Module
+    classifier: nn.Sequential
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        for layer in self.classifier[:-1]:
+            x = layer(x)
+        return x if pre_logits else self.classifier[-1](x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier[-1] = linear_or_identity(self.num_features, num_classes)
+        self.num_classes = num_classes

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath
+from archlab.layers import ConvNormAct, DropPath, init_weights
 from archlab.models.base import ArchNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
@@ -165,15 +165,7 @@ class CifarResNet(ArchNet):
         self.num_features = chs
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = linear_or_identity(chs, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear="default")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_act(self.stages(self.stem(x)))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archlab.layers import init_weights
 from archlab.models.base import ArchNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
@@ -132,17 +133,7 @@ class DenseNet(ArchNet):
         self.num_features = chs
         self.head_drop = nn.Dropout(drop_rate)
         self.classifier = linear_or_identity(chs, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, conv_mode="fan_in", linear="zero_bias")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

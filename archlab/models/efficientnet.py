@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, make_divisible
-from archlab.models.base import ArchNet, linear_or_identity
+from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, init_weights, make_divisible
+from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
 from archlab.scaling import RELEASED, CompoundScaling, compound
 
@@ -118,7 +118,7 @@ class MBConv(nn.Module):
         return x + self.drop_path(out) if self.use_residual else out
 
 
-class EfficientNet(ArchNet):
+class EfficientNet(PooledClassifierNet):
     """EfficientNet from a (scaled) stage table: stem, MBConv stages, 1x1 head conv, pool, dropout, FC."""
 
     def __init__(
@@ -164,33 +164,7 @@ class EfficientNet(ArchNet):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = table.head
         self.classifier = nn.Sequential(nn.Dropout(drop_rate), linear_or_identity(table.head, num_classes))
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.classifier(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[-1] = linear_or_identity(self.num_features, num_classes)
-        self.num_classes = num_classes
-
+        init_weights(self, linear="uniform")
 
 def efficientnet_scaled(
     width_mult: float = 1.0,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archlab.layers import make_act, make_divisible
+from archlab.layers import init_weights, make_act, make_divisible
 from archlab.models.base import ArchNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
@@ -98,18 +98,7 @@ class MobileNetV1(ArchNet):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = linear_or_identity(chs, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv_stem(x)))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath, make_divisible
-from archlab.models.base import ArchNet, linear_or_identity
+from archlab.layers import ConvNormAct, DropPath, init_weights, make_divisible
+from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
 # The paper's Table 2 between the stem (3x3 conv, stride 2, 32 channels) and the head (1x1 conv to 1280):
@@ -56,7 +56,7 @@ class InvertedResidual(nn.Module):
         return self.conv(x)
 
 
-class MobileNetV2(ArchNet):
+class MobileNetV2(PooledClassifierNet):
     """MobileNet V2 from the (t, c, n, s) table: stem, inverted residual blocks, 1x1 head conv, pool, FC."""
 
     def __init__(
@@ -100,30 +100,7 @@ class MobileNetV2(ArchNet):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(drop_rate), linear_or_identity(self.num_features, num_classes))
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.classifier(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[-1] = linear_or_identity(self.num_features, num_classes)
-        self.num_classes = num_classes
-
+        init_weights(self)
 
 def mobilenet_v2(width_mult: float = 1.0, **kwargs) -> MobileNetV2:
     return MobileNetV2(MOBILENET_V2_STAGES, width_mult=width_mult, **kwargs)

@@ -22,8 +22,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, make_act, make_divisible
-from archlab.models.base import ArchNet, linear_or_identity
+from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, init_weights, make_act, make_divisible
+from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
 BN_ARGS = dict(bn_eps=0.001, bn_momentum=0.01)
@@ -105,7 +105,7 @@ class InvertedResidualSE(nn.Module):
         return self.block(x)
 
 
-class MobileNetV3(ArchNet):
+class MobileNetV3(PooledClassifierNet):
     """MobileNet V3 from a bneck table: stem, blocks, 1x1 conv, pool, 1x1 'conv' (a Linear) with h-swish, FC."""
 
     def __init__(
@@ -154,34 +154,7 @@ class MobileNetV3(ArchNet):
             nn.Dropout(drop_rate),
             linear_or_identity(self.num_features, num_classes),
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        # pre_logits: the 1280-d (Large) / 1024-d (Small) h-swish features of the last hidden layer.
-        x = self.classifier[:-1](x)
-        return x if pre_logits else self.classifier[-1](x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[-1] = linear_or_identity(self.num_features, num_classes)
-        self.num_classes = num_classes
-
+        init_weights(self)
 
 def mobilenet_v3(variant: str, width_mult: float = 1.0, **kwargs) -> MobileNetV3:
     blocks, last_channels = MOBILENET_V3_VARIANTS[variant]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.layers import DropPath, SqueezeExcite, make_divisible
+from archlab.layers import DropPath, SqueezeExcite, init_weights, make_divisible
 from archlab.models.base import ArchNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
@@ -185,16 +185,8 @@ class ResNet(ArchNet):
         self._init_weights(zero_init_last_bn)
 
     def _init_weights(self, zero_init_last_bn: bool) -> None:
-        # He et al. 2015 ("Delving Deep into Rectifiers") normal init on fan_out, as torchvision; nn.Linear keeps
-        # PyTorch's default init, also as torchvision.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # He normal on fan_out, as torchvision; nn.Linear keeps PyTorch's default init, also as torchvision.
+        init_weights(self, linear="default")
         if zero_init_last_bn:
             # Each block then starts as the identity (Goyal et al. 2017, arXiv:1706.02677).
             for m in self.modules():

@@ -7,10 +7,10 @@ The layer names follow torchvision (``features.N``, ``classifier.N``) so its che
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from archlab.models.base import ArchNet, linear_or_identity
+from archlab.layers import init_weights
+from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
 # The paper's Table 1, configurations A, B, D, E: channels of each 3x3 conv per stage; every stage ends in a
@@ -23,7 +23,7 @@ VGG_STAGES: dict[str, list[list[int]]] = {
 }
 
 
-class VGG(ArchNet):
+class VGG(PooledClassifierNet):
     """VGG from a stage table: conv3x3(-BN)-ReLU stacks and max-pools, 7x7 adaptive pool, three FC layers."""
 
     def __init__(
@@ -64,33 +64,7 @@ class VGG(ArchNet):
             nn.Dropout(drop_rate),
             linear_or_identity(4096, num_classes),
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        # pre_logits: the 4096-d output of the second FC block, the classic "VGG features".
-        x = self.classifier[:-1](x)
-        return x if pre_logits else self.classifier[-1](x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[-1] = linear_or_identity(4096, num_classes)
-        self.num_classes = num_classes
-
+        init_weights(self)
 
 def vgg(depth: int, batch_norm: bool = False, **kwargs) -> VGG:
     return VGG(VGG_STAGES[f"vgg{depth}"], batch_norm=batch_norm, **kwargs)
