@@ -23,6 +23,23 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _label_points(ax: Any, xs: list[float], ys: list[float], labels: list[str]) -> None:
+    """Label each point to its right, moving a label down (with a leader line) until it clears the ones placed
+    before it, so clustered models (ResNet-50, ResNeXt-50, SE-ResNet-50, DenseNet-201) stay readable."""
+    ax.figure.canvas.draw()  # fixes the limits, so data -> pixel transforms are final
+    to_px = ax.transData.transform
+    placed: list[tuple[float, float]] = []  # label anchors in pixels
+    order = sorted(range(len(xs)), key=lambda i: -ys[i])
+    for i in order:
+        px, py = to_px((xs[i], ys[i]))
+        ly = py + 4
+        while any(abs(px - qx) < 160 and abs(ly - qy) < 11 for qx, qy in placed):
+            ly -= 11
+        placed.append((px, ly))
+        ax.annotate(labels[i], (xs[i], ys[i]), xytext=(6, ly - py), textcoords="offset pixels", fontsize=8,
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="grey") if ly < py - 6 else None)
+
+
 def plot_accuracy_vs(rows: Sequence[Any], x_attr: str, path: Path) -> Path:
     """Scatter of published top-1 against ``x_attr`` of each row (marker area by params), labelled, with the
     frontier of models that no other model beats on both axes. Rows without a top-1 or cost are left out."""
@@ -38,15 +55,13 @@ def plot_accuracy_vs(rows: Sequence[Any], x_attr: str, path: Path) -> Path:
     ys = [r.top1 for r in kept]
     sizes = [20 + 400 * math.sqrt(r.params / 1e8) for r in kept]
     ax.scatter(xs, ys, s=sizes, alpha=0.55, c=[r.year for r in kept], cmap="viridis", edgecolors="black")
-    for x, y, r in zip(xs, ys, kept):
-        ax.annotate(f"{r.name} ({r.params / 1e6:.1f}M)", (x, y), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
+    ax.set_xscale("log")
+    _label_points(ax, xs, ys, [f"{r.name} ({r.params / 1e6:.1f}M)" for r in kept])
     front = pareto_front(list(zip(xs, ys)))
     if len(front) > 1:
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:red", lw=1,
                 label="efficiency frontier")
         ax.legend(loc="lower right")
-    ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.set_ylabel("ImageNet top-1 (%), published")
     ax.set_title(title + "\n(marker area ~ parameters, colour ~ year)")
