@@ -1,16 +1,15 @@
 """Loading reference checkpoints (torchvision, timm) and archlab's own, without ever executing code.
 
 archlab models name their parameters as their reference implementation does (see each model card's
-``reference``), so a torchvision ResNet-50 checkpoint loads into ``create_model("resnet50")`` key for key. A family
-whose naming differs from a second source declares a key map (``reference_key_maps`` on the model class: source →
-list of (regex, replacement) applied in order).
+``reference``), so a torchvision ResNet-50 checkpoint loads into ``create_model("resnet50")`` key for key, and so
+does timm's (timm's ResNets use torchvision's names). A checkpoint named another way is refused with the list of
+keys that do not fit.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,6 +21,11 @@ SOURCES = ("torchvision", "timm", "archlab")
 
 class WeightsError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the model; the message says exactly why."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -44,13 +48,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
             f"{path}: refused: the file holds objects other than tensors, and loading it could execute code "
-            f"({first[:200]})"
+            f"({_first_line(exc)})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WeightsError(f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0][:200]})") from None
+        raise WeightsError(f"{path}: truncated or corrupt checkpoint ({_first_line(exc)})") from None
     return unwrap_state_dict(obj, str(path))
 
 
@@ -66,17 +69,7 @@ def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Te
     raise WeightsError(f"{where}: no state dict of tensors found")
 
 
-def remap_keys(state_dict: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """Rename keys by regex rules, applied in order to each key."""
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, repl in rules:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
-
-
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | None = None) -> None:
     """Raise one :class:`WeightsError` naming every missing, unexpected and wrongly shaped key."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
@@ -87,13 +80,17 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
     if missing or unexpected or shapes:
-        name = getattr(getattr(model, "card", None), "name", type(model).__name__)
+        card = getattr(model, "card", None)
+        name = card.name if card is not None else type(model).__name__
+        if card is not None and card.reference:
+            name += f" (parameters named as {card.reference})"
         parts = []
         for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
             if keys:
                 shown = ", ".join(keys[:12]) + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
                 parts.append(f"{title} ({len(keys)}): {shown}")
-        raise WeightsError(f"checkpoint does not fit {name}: " + "; ".join(parts))
+        what = f"{source} checkpoint" if source else "checkpoint"
+        raise WeightsError(f"{what} does not fit {name}: " + "; ".join(parts))
 
 
 def load_reference_weights(
@@ -104,7 +101,7 @@ def load_reference_weights(
     """Load a torchvision, timm or archlab checkpoint into an archlab model, strictly.
 
     ``state_dict_or_path`` is a state dict or a file (``.safetensors`` or a torch checkpoint, read with
-    ``weights_only=True``). Keys are renamed by the model's key map for ``source`` where it has one. Any missing,
+    ``weights_only=True``); ``source`` says where it comes from ('torchvision', 'timm' or 'archlab'). Any missing,
     unexpected or wrongly shaped key is reported by name in one :class:`WeightsError`. Returns the model.
     """
     if source not in SOURCES:
@@ -113,9 +110,6 @@ def load_reference_weights(
         state_dict = read_state_dict(state_dict_or_path)
     else:
         state_dict = unwrap_state_dict(state_dict_or_path)
-    rules = getattr(model, "reference_key_maps", {}).get(source)
-    if rules:
-        state_dict = remap_keys(state_dict, rules)
-    check_state_dict(model, state_dict)
+    check_state_dict(model, state_dict, source)
     model.load_state_dict(state_dict, strict=False)
     return model

@@ -24,7 +24,6 @@ class ArchNet(nn.Module):
     num_features: int
     feature_info: list[dict[str, Any]]
     min_input_size: int = 1
-    reference_key_maps: dict[str, Any] = {}
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError that says what was expected, before a cryptic shape error deep inside."""
