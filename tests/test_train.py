@@ -291,10 +291,7 @@ def test_python_dash_m_archlab_train_reports_bad_data_in_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr, proc.stderr
 
 
-@pytest.mark.slow
 def test_cifar_resnet20_reaches_97_percent_on_digits_with_the_defaults(capsys, tmp_path):
-    """The documented claim: minutes on a 2-core CPU (the cheaper tests above cover the same loop)."""
-    if "cifar_resnet20" not in registry.list_models():
-        pytest.skip("cifar_resnet20 is not registered")
+    """The issue's acceptance figure, with the defaults a user gets: about 3 minutes on one core."""
     result = train_json(capsys, "cifar_resnet20", "--data", "digits", "--out", str(tmp_path / "run"))
     assert result["val_acc"] >= 97.0, result
