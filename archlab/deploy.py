@@ -190,8 +190,9 @@ def _median_ms(fn, repeats: int, warmup: int) -> float:
 
 
 def check_onnx(model: nn.Module, path: str, input_size: int, batch: int = 2, repeats: int = 10,
-               warmup: int = 2) -> tuple[float, float, float]:
-    """Run the ONNX file in onnxruntime next to PyTorch: (max |difference|, ort median ms, torch median ms)."""
+               warmup: int = 2) -> tuple[float, float, float, float]:
+    """Run the ONNX file in onnxruntime next to PyTorch: (max |difference|, max |PyTorch output|, ort median ms,
+    torch median ms)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -203,10 +204,17 @@ def check_onnx(model: nn.Module, path: str, input_size: int, batch: int = 2, rep
     feed = {session.get_inputs()[0].name: x.numpy()}
     got = torch.from_numpy(session.run(None, feed)[0])
     diff = (got - expected).abs().max().item()
+    scale = expected.abs().max().item()
     ort_ms = _median_ms(lambda: session.run(None, feed), repeats, warmup)
     with torch.inference_mode():
         torch_ms = _median_ms(lambda: model(x), repeats, warmup)
-    return diff, ort_ms, torch_ms
+    return diff, scale, ort_ms, torch_ms
+
+
+def onnx_tolerance(scale: float) -> float:
+    """1e-4, and relative to the outputs where they are small: random-init logits of some families (MobileNetV3:
+    ~1e-9) are so small that an absolute 1e-4 would pass any export."""
+    return 1e-4 * min(1.0, scale)
 
 
 # ---------------------------------------------------------------------------------------------- archlab export
@@ -242,10 +250,11 @@ def run_export(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - an unsupported op, an opset too old ...: say which, exit 2
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CLIError(f"cannot export {args.name} to ONNX: {first}") from exc
-    diff, ort_ms, torch_ms = check_onnx(model, args.onnx, size, repeats=args.repeats)
-    ok = diff <= 1e-4
+    diff, scale, ort_ms, torch_ms = check_onnx(model, args.onnx, size, repeats=args.repeats)
+    tolerance = onnx_tolerance(scale)
+    ok = diff <= tolerance
     result = dict(model=args.name, onnx=args.onnx, input=size, fused=args.fused, opset=args.opset,
-                  max_abs_diff=diff, matches=ok, ort_latency_ms=ort_ms, torch_latency_ms=torch_ms,
+                  max_abs_diff=diff, output_scale=scale, tolerance=tolerance, matches=ok, ort_latency_ms=ort_ms, torch_latency_ms=torch_ms,
                   latency_batch=2, threads=torch.get_num_threads())
     if args.json:
         print_json(result)
@@ -254,10 +263,12 @@ def run_export(args: argparse.Namespace) -> int:
         verdict = "[green]ok[/]" if ok else "[red]MISMATCH[/]"
         c.print(f"exported {args.name}{' (fused)' if args.fused else ''} -> {args.onnx} (opset {args.opset}, "
                 f"input {size}x{size}, dynamic batch)")
-        c.print(f"onnxruntime vs PyTorch: max |diff| = {diff:.2e} (tolerance 1e-4) {verdict}")
+        c.print(f"onnxruntime vs PyTorch: max |diff| = {diff:.2e} on outputs up to {scale:.2e} "
+                f"(tolerance {tolerance:.0e}) {verdict}")
         c.print(f"latency, batch 2, {torch.get_num_threads()} thread(s): onnxruntime {ort_ms:.2f} ms, "
                 f"PyTorch {torch_ms:.2f} ms (median of {args.repeats})")
     if not ok:
-        print(f"archlab: error: onnxruntime output differs from PyTorch by {diff:.2e} > 1e-4", file=sys.stderr)
+        print(f"archlab: error: onnxruntime output differs from PyTorch by {diff:.2e} > {tolerance:.0e}",
+              file=sys.stderr)
         return 1
     return 0
