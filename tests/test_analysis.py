@@ -331,14 +331,15 @@ def test_summary_rows_add_up() -> None:
 
 def test_vgg16_stage_trace() -> None:
     t = stage_trace("vgg16")
-    assert t.resolution_pattern == "224→112→56→28→14→1"
+    assert t.resolution_pattern == "224→112→56→28→14→7→1"
     assert t.channel_pattern == "3→64→128→256→512→4096"
     stages = t.stages[1:-1]
-    assert [s.blocks for s in stages] == [2, 2, 3, 3, 3]  # conv layers per stage, the paper's Table 1 column D
+    # conv layers per stage, the paper's Table 1 column D; then the last max-pool's 7x7 map (no conv)
+    assert [s.blocks for s in stages] == [2, 2, 3, 3, 3, 0]
     with torch.device("meta"):
         model = archlab.create_model("vgg16")
     assert [s.stride for s in stages] == [f["reduction"] for f in model.feature_info]
-    assert [s.receptive_field for s in stages] == [5, 14, 40, 92, 196]
+    assert [s.receptive_field for s in stages] == [5, 14, 40, 92, 196, 212]  # pool5: the textbook 212
 
 
 @needs("resnet50")
@@ -370,9 +371,9 @@ def test_summary_command(capsys) -> None:
 
 def test_trace_command(capsys) -> None:
     assert main(["trace", "vgg11"]) == 0
-    assert "224→112→56→28→14→1 and 3→64→128→256→512→4096" in capsys.readouterr().out
+    assert "224→112→56→28→14→7→1 and 3→64→128→256→512→4096" in capsys.readouterr().out
     assert main(["trace", "vgg11", "--input", "64", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["resolution_pattern"] == "64→32→16→8→4→1"
+    assert json.loads(capsys.readouterr().out)["resolution_pattern"] == "64→32→16→8→4→2→1"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -64,6 +64,8 @@ class AlexNet(PooledClassifierNet):
                 layers.append(nn.MaxPool2d(kernel_size=3, stride=2))
                 reduction *= 2
         self.features = nn.Sequential(*layers)
+        # The last pooled map (6x6 at 224) is what the classifier reads: the network's final resolution.
+        self.feature_info.append(dict(module="features", num_chs=chs, reduction=reduction))
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.num_features = 4096
         # Dropout comes before each of the first two FC layers, as in torchvision (the paper: "in the first two

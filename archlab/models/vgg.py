@@ -53,6 +53,8 @@ class VGG(PooledClassifierNet):
             self.feature_info.append(dict(module=f"features.{len(layers) - 1}", num_chs=chs, reduction=2**stage))
             layers.append(nn.MaxPool2d(2, 2))
         self.features = nn.Sequential(*layers)
+        # The last stage's pooled map (7x7 at 224) is what the classifier reads: the network's final resolution.
+        self.feature_info.append(dict(module="features", num_chs=chs, reduction=2 ** len(stages)))
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.num_features = 4096
         self.classifier = nn.Sequential(
