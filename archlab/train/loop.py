@@ -179,6 +179,24 @@ def _progress(console: Any) -> Any:
                     TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console)
 
 
+def backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None, clip_grad: float | None) -> None:
+    """Backward, optional gradient-norm clipping (on unscaled gradients under fp16 loss scaling), optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        return
+    loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+
+
 def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[str, Any] | None = None,
           ) -> dict[str, Any]:
     """Run (or continue, from checkpoint dict ``resume``) the training described by ``cfg``.
@@ -282,19 +300,7 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
                         f"non-finite loss ({loss_sum / n}) at step {step + 1} (epoch {epoch + 1}, batch "
                         f"{batch_in_epoch + 1}); training stopped, the last good checkpoint in {run_dir} is "
                         f"untouched (try a lower --lr, --clip-grad or --amp bf16 instead of fp16)")
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    if cfg.clip_grad:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if cfg.clip_grad:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    optimizer.step()
+                backward_and_step(loss, model, optimizer, scaler, cfg.clip_grad)
                 scheduler.step()
                 step += 1
                 batch_in_epoch += 1
