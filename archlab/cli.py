@@ -16,6 +16,7 @@ from typing import Any, Sequence
 # sub-command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("archlab.cli", "list the registered models"),
+    "card": ("archlab.cli", "a model's card: paper, key innovation, published figures and their sources"),
     "summary": ("archlab.analysis.commands", "per-layer table: output shape, params, MACs, receptive field"),
     "trace": ("archlab.analysis.commands", "per-stage resolution, channels, blocks, stride and receptive field"),
     "train": ("archlab.train.commands", "train a model (digits, CIFAR, ImageFolder; torchrun for DDP)"),
@@ -124,5 +125,48 @@ def run_list(args: argparse.Namespace) -> int:
             f"{c.top1:.1f}" if c.top1 else "-",
             str(c.input_size),
         )
+    console().print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- archlab card
+
+
+def add_card_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="registered model name (see `archlab list`)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_card(args: argparse.Namespace) -> int:
+    from archlab.registry import model_card
+
+    card = model_card(args.name)
+    if args.json:
+        print_json(card.to_dict())
+        return 0
+    from rich.table import Table
+
+    def fig(value: float | None, scale: float, unit: str, source: str | None) -> str:
+        if value is None:
+            return "- (none published)"
+        return f"{value / scale:.4g}{unit}" + (f"  ({source})" if source else "")
+
+    table = Table(show_header=False, title=f"{card.name}: {card.family}, {card.year}", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows = [
+        ("paper", f"{card.paper} (arXiv:{card.arxiv})"),
+        ("key innovation", card.innovation),
+        ("input", f"{card.input_size}x{card.input_size} (smallest accepted: {card.min_input_size}x{card.min_input_size})"),
+        ("params", fig(card.params, 1e6, "M", f"{card.num_classes} classes")),
+        ("multiply-adds", fig(card.macs, 1e9, "G", card.macs_source)),
+        ("top-1", fig(card.top1, 1, "%", card.top1_source)),
+        ("matches", card.reference or "- (no library implements it)"),
+        ("preprocessing", f"{card.interpolation}, crop {card.crop_pct:.3f}, mean {card.mean}, std {card.std}"),
+    ]
+    if card.notes:
+        rows.append(("notes", card.notes))
+    for key, value in rows:
+        table.add_row(key, value)
     console().print(table)
     return 0

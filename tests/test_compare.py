@@ -92,3 +92,12 @@ def test_pareto_front() -> None:
     # (cost, accuracy): the second point is beaten by the third (cheaper and better).
     points = [(1.0, 70.0), (5.0, 72.0), (3.0, 75.0), (10.0, 80.0)]
     assert pareto_front(points) == [0, 2, 3]
+
+
+def test_card_command(capsys) -> None:
+    assert main(["card", "efficientnet_b2"]) == 0
+    out = capsys.readouterr().out
+    assert "arXiv:1905.11946" in out and "260x260" in out and "80.1%" in out and "288" in out
+    assert main(["card", "mobilenet_v2", "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["reference"] == "torchvision:mobilenet_v2" and card["params"] == 3_504_872
