@@ -4,14 +4,31 @@ archlab models name their parameters as their reference implementation does (see
 ``reference``), so a torchvision ResNet-50 checkpoint loads into ``create_model("resnet50")`` key for key, and so
 does timm's (timm's ResNets use torchvision's names). A checkpoint named another way is refused with the list of
 keys that do not fit.
+
+timm also has the torchvision architectures (EfficientNet, MobileNet V2/V3, DenseNet, VGG) under its own names.
+A model class whose reference is torchvision may declare ``timm_key_map``, a :class:`KeyMap` next to its stage
+table, and ``source="timm"`` then translates a timm checkpoint before the strict check:
+
+* ``rules``: ``(regex, replacement)`` pairs applied *in order* to every key (``re.sub``; each rule sees the result
+  of the previous ones). A replacement may be a function of the match, for index arithmetic such as timm
+  ``blocks.{i}.{j}`` -> ``features.{i + 1}.{j}``.
+* ``reshaped``: our keys whose tensor timm stores in another shape holding the same numbers (a 1x1 or 7x7 conv
+  where torchvision has a Linear); only these are reshaped, and only when the element counts are equal.
+* ``bn_eps``: timm's BatchNorm epsilon where it differs from ours; after loading, the model's BatchNorms take
+  it, so the model computes exactly what timm's does with those weights (folding the difference into
+  ``running_var`` instead could make a small variance negative).
+
+Whatever still does not fit after this is reported as for any other checkpoint, key by key.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +38,38 @@ SOURCES = ("torchvision", "timm", "archlab")
 
 class WeightsError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the model; the message says exactly why."""
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """How the checkpoint of another implementation of the same architecture maps onto ours (module docstring)."""
+
+    rules: Sequence[tuple[str, str | Callable[[re.Match[str]], str]]]
+    reshaped: tuple[str, ...] = ()
+    bn_eps: float | None = None
+
+    def translate(self, model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state_dict`` with our keys and reshaped tensors."""
+        out: dict[str, torch.Tensor] = {}
+        for key, value in state_dict.items():
+            theirs = key
+            for pattern, replacement in self.rules:
+                key = re.sub(pattern, replacement, key)
+            if key in out:
+                raise WeightsError(f"checkpoint keys map to {key} twice (the second from {theirs})")
+            out[key] = value
+        own = model.state_dict()
+        for key in self.reshaped:
+            if key in out and key in own and out[key].numel() == own[key].numel():
+                out[key] = out[key].reshape(own[key].shape)
+        return out
+
+    def adopt_norm_settings(self, model: nn.Module) -> None:
+        """Give the model's BatchNorms timm's epsilon (after its weights are loaded)."""
+        if self.bn_eps is not None:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eps = self.bn_eps
 
 
 def _first_line(exc: BaseException) -> str:
@@ -101,8 +150,9 @@ def load_reference_weights(
     """Load a torchvision, timm or archlab checkpoint into an archlab model, strictly.
 
     ``state_dict_or_path`` is a state dict or a file (``.safetensors`` or a torch checkpoint, read with
-    ``weights_only=True``); ``source`` says where it comes from ('torchvision', 'timm' or 'archlab'). Any missing,
-    unexpected or wrongly shaped key is reported by name in one :class:`WeightsError`. Returns the model.
+    ``weights_only=True``); ``source`` says where it comes from ('torchvision', 'timm' or 'archlab'). A timm
+    checkpoint is first translated by the model's ``timm_key_map`` where it has one. Any missing, unexpected or
+    wrongly shaped key is reported by name in one :class:`WeightsError`. Returns the model.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -110,6 +160,11 @@ def load_reference_weights(
         state_dict = read_state_dict(state_dict_or_path)
     else:
         state_dict = unwrap_state_dict(state_dict_or_path)
+    key_map = getattr(model, "timm_key_map", None)
+    if source == "timm" and key_map is not None:
+        state_dict = key_map.translate(model, state_dict)
     check_state_dict(model, state_dict, source)
     model.load_state_dict(state_dict, strict=False)
+    if source == "timm" and key_map is not None:
+        key_map.adopt_norm_settings(model)
     return model

@@ -38,6 +38,7 @@ DENSENET_CONFIGS: dict[str, DenseNetConfig] = {
     "densenet169": DenseNetConfig(32, (6, 12, 32, 32), 64),
     "densenet201": DenseNetConfig(32, (6, 12, 48, 32), 64),
 }
+# timm's densenet121..201 use torchvision's names and BN settings, so their checkpoints load with no timm_key_map.
 
 
 class DenseLayer(nn.Module):

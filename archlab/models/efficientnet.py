@@ -20,6 +20,7 @@ from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, init_weights, m
 from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
 from archlab.scaling import RELEASED, CompoundScaling, compound
+from archlab.weights import KeyMap
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,36 @@ B0 = EfficientNetTable(
     head=1280,  # stage 9: Conv1x1, pooling, FC
 )
 SE_RATIO = 0.25  # squeeze width = 1/4 of the block *input* width (not of the expanded width)
+
+# timm's efficientnet_b0..b7 (not the tf_ ones, which pad like TensorFlow) in torchvision's names. timm calls the
+# stem conv_stem/bn1, stage i blocks.{i}, the head conv_head/bn2; inside a block conv_pw (expand), conv_dw, se
+# (conv_reduce, conv_expand), conv_pwl (project) with bn1..bn3, except in stage 0 (expand 1, a "depthwise
+# separable" block) where the projection is conv_pw/bn2. Rules apply in order (archlab.weights.KeyMap).
+TIMM_KEY_MAP = KeyMap(
+    rules=[
+        (r"^blocks\.0\.(\d+)\.conv_dw\.", r"blocks.0.\1.block.0.0."),
+        (r"^blocks\.0\.(\d+)\.bn1\.", r"blocks.0.\1.block.0.1."),
+        (r"^blocks\.0\.(\d+)\.se\.", r"blocks.0.\1.block.1."),
+        (r"^blocks\.0\.(\d+)\.conv_pw\.", r"blocks.0.\1.block.2.0."),
+        (r"^blocks\.0\.(\d+)\.bn2\.", r"blocks.0.\1.block.2.1."),
+        (r"\.conv_pw\.", ".block.0.0."),
+        (r"\.bn1\.", ".block.0.1."),
+        (r"\.conv_dw\.", ".block.1.0."),
+        (r"\.bn2\.", ".block.1.1."),
+        (r"\.se\.", ".block.2."),
+        (r"\.conv_pwl\.", ".block.3.0."),
+        (r"\.bn3\.", ".block.3.1."),
+        (r"\.conv_reduce\.", ".fc1."),
+        (r"\.conv_expand\.", ".fc2."),
+        (r"^blocks\.(\d+)\.", lambda m: f"features.{int(m[1]) + 1}."),  # features.0 is the stem
+        (r"^conv_stem\.", "features.0.0."),
+        (r"^bn1\.", "features.0.1."),
+        (r"^conv_head\.", f"features.{len(B0.stages) + 1}.0."),
+        (r"^bn2\.", f"features.{len(B0.stages) + 1}.1."),
+        (r"^classifier\.", "classifier.1."),
+    ],
+    bn_eps=1e-5,  # timm uses 1e-5 for B5-B7 too (torchvision, and so ours, 1e-3): the loaded model takes it
+)
 
 
 def scale(table: EfficientNetTable, width_mult: float, depth_mult: float) -> EfficientNetTable:
@@ -120,6 +151,8 @@ class MBConv(nn.Module):
 
 class EfficientNet(PooledClassifierNet):
     """EfficientNet from a (scaled) stage table: stem, MBConv stages, 1x1 head conv, pool, dropout, FC."""
+
+    timm_key_map = TIMM_KEY_MAP
 
     def __init__(
         self,

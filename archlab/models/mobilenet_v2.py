@@ -17,6 +17,7 @@ from torch import nn
 from archlab.layers import ConvNormAct, DropPath, init_weights, make_divisible
 from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
+from archlab.weights import KeyMap
 
 # The paper's Table 2 between the stem (3x3 conv, stride 2, 32 channels) and the head (1x1 conv to 1280):
 # t = expansion factor, c = output channels, n = repeats, s = stride of the first block of the row.
@@ -32,6 +33,44 @@ MOBILENET_V2_STAGES: list[tuple[int, int, int, int]] = [
 ]
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
+
+
+def timm_key_map(stages: list[tuple[int, int, int, int]]) -> KeyMap:
+    """timm's mobilenetv2_100 in torchvision's names (rules apply in order, see archlab.weights.KeyMap).
+
+    timm calls the stem conv_stem/bn1, the j-th block of table row i blocks.{i}.{j} (torchvision numbers blocks
+    flat: features.{1 + blocks of earlier rows + j}), the head conv_head/bn2. Inside a block: conv_pw (expand),
+    conv_dw, conv_pwl (project) with bn1..bn3, except in row 0 (t = 1, "depthwise separable") where the
+    projection is conv_pw/bn2.
+    """
+    first_of_row = [1 + sum(n for _, _, n, _ in stages[:i]) for i in range(len(stages))]
+    head = first_of_row[-1] + stages[-1][2]
+    # Plain strings, not a function of the match: the map lives on the model, which must stay picklable.
+    block_indices = [
+        (rf"^blocks\.{i}\.{j}\.", f"features.{first_of_row[i] + j}.")
+        for i, (_, _, n, _) in enumerate(stages)
+        for j in range(n)
+    ]
+    return KeyMap(
+        rules=[
+            (r"^blocks\.0\.(\d+)\.conv_dw\.", r"blocks.0.\1.conv.0.0."),
+            (r"^blocks\.0\.(\d+)\.bn1\.", r"blocks.0.\1.conv.0.1."),
+            (r"^blocks\.0\.(\d+)\.conv_pw\.", r"blocks.0.\1.conv.1."),
+            (r"^blocks\.0\.(\d+)\.bn2\.", r"blocks.0.\1.conv.2."),
+            (r"\.conv_pw\.", ".conv.0.0."),
+            (r"\.bn1\.", ".conv.0.1."),
+            (r"\.conv_dw\.", ".conv.1.0."),
+            (r"\.bn2\.", ".conv.1.1."),
+            (r"\.conv_pwl\.", ".conv.2."),
+            (r"\.bn3\.", ".conv.3."),
+            *block_indices,
+            (r"^conv_stem\.", "features.0.0."),
+            (r"^bn1\.", "features.0.1."),
+            (r"^conv_head\.", f"features.{head}.0."),
+            (r"^bn2\.", f"features.{head}.1."),
+            (r"^classifier\.", "classifier.1."),
+        ]
+    )
 
 
 class InvertedResidual(nn.Module):
@@ -72,6 +111,7 @@ class MobileNetV2(PooledClassifierNet):
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.timm_key_map = timm_key_map(stages)
         chs = make_divisible(STEM_CHANNELS * width_mult, 8)
         layers: list[nn.Module] = [ConvNormAct(in_chans, chs, 3, 2, act="relu6")]
         reduction = 2

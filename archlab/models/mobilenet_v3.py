@@ -25,6 +25,7 @@ from torch import nn
 from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, init_weights, make_act, make_divisible
 from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
+from archlab.weights import KeyMap
 
 BN_ARGS = dict(bn_eps=0.001, bn_momentum=0.01)
 
@@ -83,6 +84,43 @@ MOBILENET_V3_VARIANTS: dict[str, tuple[list[Bneck], int]] = {
 }
 
 
+def timm_key_map(blocks: list[Bneck]) -> KeyMap:
+    """timm's mobilenetv3_large_100 / _small_100 in torchvision's names (see archlab.weights.KeyMap).
+
+    timm calls the stem conv_stem/bn1 and groups the bnecks into stages of equal output width: the j-th bneck of
+    stage i is blocks.{i}.{j} (torchvision: features.N, numbered flat). Inside a bneck: conv_pw (expand), conv_dw,
+    se (conv_reduce, conv_expand), conv_pwl (project) with bn1..bn3; a bneck without expansion is "depthwise
+    separable": conv_dw/bn1, se, conv_pw/bn2. The last 1x1 conv is a stage of its own (conv, bn1), and the pooled
+    1x1 layer is conv_head, a 1x1 conv where torchvision has a Linear (reshaped). timm's BN eps is 1e-5.
+    """
+    rules: list = [(r"^conv_stem\.", "features.0.0."), (r"^bn1\.", "features.0.1.")]
+    stage, j, in_chs = -1, 0, STEM_CHANNELS
+    for n, cfg in enumerate(blocks, start=1):
+        stage, j = (stage + 1, 0) if n == 1 or cfg.out != blocks[n - 2].out else (stage, j + 1)
+        expanded = cfg.exp != in_chs
+        # timm's (conv, bn) names of the bneck's layers, in our order: [expand], depthwise, [SE], project.
+        layers = [("conv_pw", "bn1"), ("conv_dw", "bn2")] if expanded else [("conv_dw", "bn1")]
+        layers += [("se", None)] if cfg.se else []
+        layers += [("conv_pwl", "bn3") if expanded else ("conv_pw", "bn2")]
+        for position, (conv, bn) in enumerate(layers):
+            theirs, ours = rf"^blocks\.{stage}\.{j}\.", f"features.{n}.block.{position}."
+            if bn is None:
+                rules.append((theirs + r"se\.", ours))
+            else:
+                rules += [(theirs + conv + r"\.", ours + "0."), (theirs + bn + r"\.", ours + "1.")]
+        in_chs = cfg.out
+    last = len(blocks) + 1
+    rules += [
+        (rf"^blocks\.{stage + 1}\.0\.conv\.", f"features.{last}.0."),
+        (rf"^blocks\.{stage + 1}\.0\.bn1\.", f"features.{last}.1."),
+        (r"\.conv_reduce\.", ".fc1."),
+        (r"\.conv_expand\.", ".fc2."),
+        (r"^classifier\.", "classifier.3."),  # before conv_head becomes classifier.0
+        (r"^conv_head\.", "classifier.0."),
+    ]
+    return KeyMap(rules=rules, reshaped=("classifier.0.weight",), bn_eps=1e-5)
+
+
 class InvertedResidualSE(nn.Module):
     """1x1 expand (skipped when exp == in), kxk depthwise, optional SE, 1x1 linear projection (+ residual)."""
 
@@ -122,6 +160,7 @@ class MobileNetV3(PooledClassifierNet):
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.timm_key_map = timm_key_map(blocks)
 
         def width(chs: int) -> int:
             # Every width, the expanded ones included, is scaled then rounded to a multiple of 8.

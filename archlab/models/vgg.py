@@ -12,6 +12,7 @@ from torch import nn
 from archlab.layers import init_weights
 from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
+from archlab.weights import KeyMap
 
 # The paper's Table 1, configurations A, B, D, E: channels of each 3x3 conv per stage; every stage ends in a
 # 2x2 max-pool. Two 3x3 convs see a 5x5 window with fewer weights (2*9 vs 25) and one more non-linearity.
@@ -22,9 +23,22 @@ VGG_STAGES: dict[str, list[list[int]]] = {
     "vgg19": [[64, 64], [128, 128], [256, 256, 256, 256], [512, 512, 512, 512], [512, 512, 512, 512]],
 }
 
+# timm's vgg11..vgg19(_bn): the same features.N; its classifier is pre_logits (a ConvMlp: fc1 a 7x7 conv, fc2 a
+# 1x1 conv, both holding our Linear weights in conv shape) and head.fc. See archlab.weights.KeyMap.
+TIMM_KEY_MAP = KeyMap(
+    rules=[
+        (r"^pre_logits\.fc1\.", "classifier.0."),
+        (r"^pre_logits\.fc2\.", "classifier.3."),
+        (r"^head\.fc\.", "classifier.6."),
+    ],
+    reshaped=("classifier.0.weight", "classifier.3.weight"),
+)
+
 
 class VGG(PooledClassifierNet):
     """VGG from a stage table: conv3x3(-BN)-ReLU stacks and max-pools, 7x7 adaptive pool, three FC layers."""
+
+    timm_key_map = TIMM_KEY_MAP
 
     def __init__(
         self,
