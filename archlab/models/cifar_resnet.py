@@ -61,7 +61,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))
         if self.shortcut is not None:
-            out = self.drop_path(out) + self.shortcut(x)
+            out = self.drop_path(out)
+            out += self.shortcut(x)  # in place: the BN output is needed by no backward
         return self.act(out)
 
 
@@ -95,7 +96,9 @@ class PreActBottleneck(nn.Module):
         out = self.conv1(pre)
         out = self.conv2(self.act2(self.norm2(out)))
         out = self.conv3(self.act3(self.norm3(out)))
-        return self.drop_path(out) + shortcut
+        out = self.drop_path(out)
+        out += shortcut  # in place: the conv output is needed by no backward
+        return out
 
 
 class BlockKind(NamedTuple):

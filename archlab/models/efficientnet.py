@@ -146,7 +146,11 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
-        return x + self.drop_path(out) if self.use_residual else out
+        if not self.use_residual:
+            return out
+        out = self.drop_path(out)
+        out += x  # in place, as torchvision: the BN output is needed by no backward
+        return out
 
 
 class EfficientNet(PooledClassifierNet):

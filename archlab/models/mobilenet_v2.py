@@ -91,7 +91,9 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_residual:
-            return x + self.drop_path(self.conv(x))
+            out = self.drop_path(self.conv(x))
+            out += x  # in place: the BN output is needed by no backward
+            return out
         return self.conv(x)
 
 

@@ -139,7 +139,9 @@ class InvertedResidualSE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_residual:
-            return x + self.drop_path(self.block(x))
+            out = self.drop_path(self.block(x))
+            out += x  # in place: the BN output is needed by no backward
+            return out
         return self.block(x)
 
 

@@ -69,7 +69,9 @@ class BasicBlock(nn.Module):
         if self.se is not None:
             out = self.se(out)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.act2(self.drop_path(out) + shortcut)
+        out = self.drop_path(out)
+        out += shortcut  # in place: the branch output is needed by no backward
+        return self.act2(out)
 
 
 class Bottleneck(nn.Module):
@@ -113,7 +115,9 @@ class Bottleneck(nn.Module):
         if self.se is not None:
             out = self.se(out)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.act3(self.drop_path(out) + shortcut)
+        out = self.drop_path(out)
+        out += shortcut  # in place: the branch output is needed by no backward
+        return self.act3(out)
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
