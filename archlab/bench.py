@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.cli import CLIError, console, positive_ints, print_json
+from archlab.cli import CLIError, console, nonneg_int, positive_int, positive_ints, print_json
 
 # Same architecture, another name in timm (where timm's name differs from ours).
 TIMM_EQUIVALENT: dict[str, str] = {
@@ -265,9 +265,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fused", action="store_true", help="fold BatchNorm into convs in OUR models (infer only)")
     p.add_argument("--vs", default=None, metavar="SOURCES",
                    help="also time the reference of the same architecture: torchvision, timm or torchvision,timm")
-    p.add_argument("--input", type=int, default=None, metavar="N", help="input N x N (default: the card's)")
-    p.add_argument("--repeats", type=int, default=20, help="timed steps per contender (default 20)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--input", type=positive_int, default=None, metavar="N", help="input N x N (default: the card's)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed steps per contender (default 20)")
+    p.add_argument("--warmup", type=nonneg_int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -281,8 +281,6 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             raise CLIError(f"{name} needs --input >= {card.min_input_size}, got {size}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda: no CUDA GPU is available to PyTorch on this machine")
-    if args.repeats < 1 or args.warmup < 0:
-        raise CLIError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
     if args.fused and args.mode == "train":
         raise CLIError("--fused is for --mode infer: a fused model has no BatchNorm left to train")
     sources = [s.strip() for s in args.vs.split(",") if s.strip()] if args.vs else []

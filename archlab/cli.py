@@ -47,6 +47,26 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (a bad value is one line and exit 2, like any bad input)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # what argparse names in its error message
+    return parse
+
+
+positive_int = int_at_least(1)
+nonneg_int = int_at_least(0)
+
+
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
@@ -157,7 +177,8 @@ def run_card(args: argparse.Namespace) -> int:
     rows = [
         ("paper", f"{card.paper} (arXiv:{card.arxiv})"),
         ("key innovation", card.innovation),
-        ("input", f"{card.input_size}x{card.input_size} (smallest accepted: {card.min_input_size}x{card.min_input_size})"),
+        ("input", f"{card.input_size}x{card.input_size} "
+                  f"(smallest accepted: {card.min_input_size}x{card.min_input_size})"),
         ("params", fig(card.params, 1e6, "M", f"{card.num_classes} classes")),
         ("multiply-adds", fig(card.macs, 1e9, "G", card.macs_source)),
         ("top-1", fig(card.top1, 1, "%", card.top1_source)),

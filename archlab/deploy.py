@@ -254,7 +254,8 @@ def run_export(args: argparse.Namespace) -> int:
     tolerance = onnx_tolerance(scale)
     ok = diff <= tolerance
     result = dict(model=args.name, onnx=args.onnx, input=size, fused=args.fused, opset=args.opset,
-                  max_abs_diff=diff, output_scale=scale, tolerance=tolerance, matches=ok, ort_latency_ms=ort_ms, torch_latency_ms=torch_ms,
+                  max_abs_diff=diff, output_scale=scale, tolerance=tolerance, matches=ok,
+                  ort_latency_ms=ort_ms, torch_latency_ms=torch_ms,
                   latency_batch=2, threads=torch.get_num_threads())
     if args.json:
         print_json(result)

@@ -6,17 +6,7 @@ import argparse
 import csv
 import sys
 
-from archlab.cli import CLIError, console, print_json
-
-
-def _input_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer image size, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"the image size must be >= 1, got {value}")
-    return value
+from archlab.cli import CLIError, console, positive_int, print_json
 
 
 def _count(n: float) -> str:
@@ -43,7 +33,7 @@ def _pair(p: tuple[float, float] | None) -> str:
 
 def add_summary_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="registered model name (see `archlab list`)")
-    p.add_argument("--input", type=_input_size, default=None, metavar="N",
+    p.add_argument("--input", type=positive_int, default=None, metavar="N",
                    help="square input size (default: the model card's)")
     p.add_argument("--depth", type=int, default=2, metavar="N", help="module nesting depth of the rows (default 2)")
     out = p.add_mutually_exclusive_group()
@@ -99,7 +89,7 @@ def run_summary(args: argparse.Namespace) -> int:
 
 def add_trace_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="registered model name (see `archlab list`)")
-    p.add_argument("--input", type=_input_size, default=None, metavar="N",
+    p.add_argument("--input", type=positive_int, default=None, metavar="N",
                    help="square input size (default: the model card's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

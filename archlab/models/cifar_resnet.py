@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath, init_weights
+from archlab.layers import ConvNormAct, DropPath, init_weights, residual_add
 from archlab.models.base import ArchNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
@@ -61,8 +61,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))
         if self.shortcut is not None:
-            out = self.drop_path(out)
-            out += self.shortcut(x)  # in place: the BN output is needed by no backward
+            out = residual_add(out, self.shortcut(x), self.drop_path)
         return self.act(out)
 
 
@@ -96,9 +95,7 @@ class PreActBottleneck(nn.Module):
         out = self.conv1(pre)
         out = self.conv2(self.act2(self.norm2(out)))
         out = self.conv3(self.act3(self.norm3(out)))
-        out = self.drop_path(out)
-        out += shortcut  # in place: the conv output is needed by no backward
-        return out
+        return residual_add(out, shortcut, self.drop_path)
 
 
 class BlockKind(NamedTuple):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, init_weights, make_divisible
+from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, init_weights, make_divisible, residual_add
 from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
 from archlab.scaling import RELEASED, CompoundScaling, compound
@@ -146,11 +146,7 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
-        if not self.use_residual:
-            return out
-        out = self.drop_path(out)
-        out += x  # in place, as torchvision: the BN output is needed by no backward
-        return out
+        return residual_add(out, x, self.drop_path) if self.use_residual else out
 
 
 class EfficientNet(PooledClassifierNet):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath, init_weights, make_divisible
+from archlab.layers import ConvNormAct, DropPath, init_weights, make_divisible, residual_add
 from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
 from archlab.weights import KeyMap
@@ -91,9 +91,7 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_residual:
-            out = self.drop_path(self.conv(x))
-            out += x  # in place: the BN output is needed by no backward
-            return out
+            return residual_add(self.conv(x), x, self.drop_path)
         return self.conv(x)
 
 

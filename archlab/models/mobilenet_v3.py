@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, init_weights, make_act, make_divisible
+from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, init_weights, make_act, make_divisible, residual_add
 from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
 from archlab.weights import KeyMap
@@ -139,9 +139,7 @@ class InvertedResidualSE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_residual:
-            out = self.drop_path(self.block(x))
-            out += x  # in place: the BN output is needed by no backward
-            return out
+            return residual_add(self.block(x), x, self.drop_path)
         return self.block(x)
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.layers import DropPath, SqueezeExcite, init_weights, make_divisible
+from archlab.layers import DropPath, SqueezeExcite, init_weights, make_divisible, residual_add
 from archlab.models.base import ArchNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
@@ -69,9 +69,7 @@ class BasicBlock(nn.Module):
         if self.se is not None:
             out = self.se(out)
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.drop_path(out)
-        out += shortcut  # in place: the branch output is needed by no backward
-        return self.act2(out)
+        return self.act2(residual_add(out, shortcut, self.drop_path))
 
 
 class Bottleneck(nn.Module):
@@ -115,9 +113,7 @@ class Bottleneck(nn.Module):
         if self.se is not None:
             out = self.se(out)
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.drop_path(out)
-        out += shortcut  # in place: the branch output is needed by no backward
-        return self.act3(out)
+        return self.act3(residual_add(out, shortcut, self.drop_path))
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}

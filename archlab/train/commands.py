@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from archlab.cli import CLIError, console, print_json
+from archlab.cli import CLIError, console, nonneg_int, positive_int, print_json
 
 # Defaults per kind of data, chosen so that `archlab train MODEL --data KIND` gives a sensible run as is.
 # digits: cifar_resnet20 reaches >97% val in a few CPU minutes; cifar: He et al. 2015 (arXiv:1512.03385) sec. 4.2
@@ -24,26 +24,6 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
 OPT_DEFAULTS = {"sgd": dict(lr=0.1, weight_decay=5e-4), "adamw": dict(lr=2e-3, weight_decay=0.05)}
 # Options a resumed run may change: they affect neither the maths nor the data order.
 RESUMABLE_OVERRIDES = ("workers", "data", "device")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True):
@@ -67,8 +47,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name (see `archlab list`)")
     p.add_argument("--data", required=True, metavar="SPEC",
                    help="'digits', a CIFAR-10/100 python-format folder, or an ImageFolder root with train/ and val/")
-    p.add_argument("--epochs", type=_positive_int, help="default: 10 digits, 200 CIFAR, 90 ImageFolder")
-    p.add_argument("--batch-size", type=_positive_int, metavar="B",
+    p.add_argument("--epochs", type=positive_int, help="default: 10 digits, 200 CIFAR, 90 ImageFolder")
+    p.add_argument("--batch-size", type=positive_int, metavar="B",
                    help="global batch size, split over torchrun processes (default: 64 / 128 / 256)")
     p.add_argument("--lr", type=_float_in(0, inf, lo_open=True), help="peak learning rate (sgd 0.1, adamw 2e-3)")
     p.add_argument("--weight-decay", type=_float_in(0, inf), help="sgd 5e-4, adamw 0.05; never on norms/biases")
@@ -85,8 +65,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (default 0)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/MODEL-DATA-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
-    p.add_argument("--input-size", type=_positive_int, metavar="N", help="default: 32 digits/CIFAR, card's else")
-    p.add_argument("--workers", type=_nonneg_int, metavar="N", help="data-loading processes per rank")
+    p.add_argument("--input-size", type=positive_int, metavar="N", help="default: 32 digits/CIFAR, card's else")
+    p.add_argument("--workers", type=nonneg_int, metavar="N", help="data-loading processes per rank")
     p.add_argument("--clip-grad", type=_float_in(0, inf, lo_open=True), metavar="NORM", help="clip grad norm")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
@@ -215,11 +195,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="archlab checkpoint, .safetensors, or a torchvision/timm state-dict file")
     p.add_argument("--data", required=True, metavar="SPEC",
                    help="'digits' (its val split), a CIFAR folder (test split), an ImageFolder root (val/)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, metavar="B")
+    p.add_argument("--batch-size", type=positive_int, default=128, metavar="B")
     p.add_argument("--source", choices=("archlab", "torchvision", "timm"), default="archlab",
                    help="naming convention of the weights' keys (default archlab)")
-    p.add_argument("--num-classes", type=_positive_int, help="classifier size (default: from the checkpoint/data)")
-    p.add_argument("--workers", type=_nonneg_int, default=0, metavar="N")
+    p.add_argument("--num-classes", type=positive_int, help="classifier size (default: from the checkpoint/data)")
+    p.add_argument("--workers", type=nonneg_int, default=0, metavar="N")
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
