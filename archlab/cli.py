@@ -102,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("archlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `archlab summary ... | head`: the reader left; not an error worth a traceback
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so Python's exit-time flush does not raise again
+        return 0
     except (CLIError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         if os.environ.get("ARCHLAB_DEBUG"):
             raise

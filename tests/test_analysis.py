@@ -400,3 +400,13 @@ def test_profile_all_benchmark(capsys) -> None:
     assert module.main("vgg1[16]") == 0
     out = capsys.readouterr().out
     assert "vgg11" in out and "vgg16" in out and "2 models in" in out
+
+
+@needs("resnet18")
+def test_summary_effective_padding_of_the_resnet_stem() -> None:
+    # conv 7x7/2 pad 3: the first unit's field starts 3 pixels before the image; the 3x3/2 pad-1 max-pool on a
+    # jump-2 map adds 1 * 2 more: 5. (The offsets themselves are checked against gradient footprints above.)
+    rows = {r.name: r for r in summarize("resnet18", 224, depth=1).rows}
+    assert (rows["conv1"].receptive_field, rows["conv1"].stride, rows["conv1"].padding) == ((7, 7), (2, 2), (3, 3))
+    assert (rows["maxpool"].receptive_field, rows["maxpool"].stride, rows["maxpool"].padding) == (
+        (11, 11), (4, 4), (5, 5))

@@ -53,20 +53,21 @@ def run_summary(args: argparse.Namespace) -> int:
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["name", "type", "output_shape", "params", "macs", "share", "receptive_field", "stride",
-                         "global_context"])
+                         "global_context", "padding"])
         for r in s.rows:
             shape = "x".join(map(str, r.output_shape)) if r.output_shape else ""
             writer.writerow([r.name, r.type, shape, r.params, r.macs, f"{r.share:.6f}", _pair(r.receptive_field),
-                             _pair(r.stride), int(r.global_context)])
+                             _pair(r.stride), int(r.global_context), _pair(r.padding)])
         return 0
     from rich.table import Table
 
     h, w = s.input_size
     table = Table(title=f"{s.name} at {h}x{w}: {_count(s.params)} params, {_count(s.macs)} MACs",
                   header_style="bold", caption="RF: receptive field in input pixels (+: also sees the whole image "
-                  "through a global pool); stride: effective stride")
+                  "through a global pool); stride: effective stride; pad: effective padding")
     for col, justify in (("layer", "left"), ("type", "left"), ("output", "right"), ("params", "right"),
-                         ("MACs", "right"), ("%", "right"), ("RF", "right"), ("stride", "right")):
+                         ("MACs", "right"), ("%", "right"), ("RF", "right"), ("stride", "right"),
+                         ("pad", "right")):
         # Long names wrap rather than end in an ellipsis; numbers never wrap.
         table.add_column(col, justify=justify, overflow="fold", no_wrap=justify == "right")
     for r in s.rows:
@@ -79,6 +80,7 @@ def run_summary(args: argparse.Namespace) -> int:
             f"{100 * r.share:.1f}" if r.macs else "-",
             _pair(r.receptive_field) + ("+" if r.global_context else ""),
             _pair(r.stride),
+            _pair(r.padding),
         )
     console().print(table)
     return 0

@@ -103,12 +103,17 @@ class Geometry:
     def start(self) -> tuple[float, float]:
         return (self.h.start, self.w.start)
 
+    @property
+    def padding(self) -> tuple[float, float]:
+        """Effective padding: how far the first unit's field reaches before pixel 0, along (H, W)."""
+        return (self.h.padding, self.w.padding)
+
     def map(self, fn_h, fn_w) -> "Geometry":
         return Geometry(fn_h(self.h), fn_w(self.w), self.global_context)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(size=list(self.size), stride=list(self.stride), start=list(self.start),
-                    global_context=self.global_context)
+                    padding=list(self.padding), global_context=self.global_context)
 
 
 IMAGE = Geometry(AxisRF(1, 1, 0), AxisRF(1, 1, 0))

@@ -30,6 +30,7 @@ class LayerRow:
     share: float  # of the model's total MACs, 0..1
     receptive_field: tuple[float, float] | None  # (H, W) in input pixels; None where it cannot be traced
     stride: tuple[float, float] | None  # effective stride (jump) in input pixels
+    padding: tuple[float, float] | None = None  # effective padding: how far the first unit's field starts before 0
     global_context: bool = False  # the units also see the whole image through a global pool (SE gate)
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +127,7 @@ def summarize(
                 share=tallies[n].macs / total.macs if total.macs else 0.0,
                 receptive_field=geometry.size if geometry else None,
                 stride=geometry.stride if geometry else None,
+                padding=geometry.padding if geometry else None,
                 global_context=geometry.global_context if geometry else False,
             ))
         rest = total.macs - sum(r.macs for r in rows)
