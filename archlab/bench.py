@@ -3,7 +3,8 @@
 A *row* is one model at one batch size; its *contenders* (ours, torchvision's, timm's ...) are built once,
 warmed up, then timed in turns — ours, theirs, ours, theirs — with the starting contender alternating from
 repeat to repeat, so that a burst of load from a neighbour on a shared machine hits every contender alike
-rather than skewing one of them. Each repeat is one step: a forward pass (``infer``) or forward + backward +
+rather than skewing one of them. With ``--vs``, ours is given the reference's weights (both are built from the
+same seed), so that the two compute the same function on the same numbers. Each repeat is one step: a forward pass (``infer``) or forward + backward +
 SGD step (``train``). On CUDA a step is timed with CUDA events after a synchronize; on CPU with
 ``time.perf_counter``.
 
@@ -63,6 +64,7 @@ class Contender:
     channels_last: bool = False
     fused: bool = False
     is_ours: bool = False
+    compiled: bool = False  # torch.compile this contender even when the row's Settings.compile is off
     times_ms: list[float] = field(default_factory=list)
     peak_bytes: int | None = None
 
@@ -86,18 +88,34 @@ def reference_for(name: str, source: str) -> str | None:
     raise ValueError(f"unknown reference source {source!r}; known: {', '.join(SOURCES)}")
 
 
-def build_reference(reference: str) -> nn.Module:
-    """A reference model ('torchvision:resnet50', 'timm:efficientnet_b0') with random weights."""
+def build_reference(reference: str, seed: int = 0) -> nn.Module:
+    """A reference model ('torchvision:resnet50', 'timm:efficientnet_b0') with random weights drawn from
+    ``seed`` (the global RNG is left as it was), so that two builds hold the same weights."""
     source, name = reference.split(":", 1)
-    if source == "torchvision":
-        import torchvision
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if source == "torchvision":
+            import torchvision
 
-        return torchvision.models.get_model(name, weights=None)
-    if source == "timm":
-        import timm
+            return torchvision.models.get_model(name, weights=None)
+        if source == "timm":
+            import timm
 
-        return timm.create_model(name, pretrained=False)
+            return timm.create_model(name, pretrained=False)
     raise ValueError(f"unknown reference source {source!r}")
+
+
+def build_ours(name: str, weights_from: str | None = None) -> nn.Module:
+    """Our model ``name``; with ``weights_from`` ('torchvision:resnet50'), holding that reference's weights
+    (the seeded build of :func:`build_reference`), so that ours and theirs compute the same function on the
+    same numbers and only the implementations differ."""
+    import archlab
+
+    model = archlab.create_model(name)
+    if weights_from is not None:
+        source = weights_from.split(":", 1)[0]
+        archlab.load_reference_weights(model, build_reference(weights_from).state_dict(), source=source)
+    return model
 
 
 def _rss_bytes() -> int | None:
@@ -159,7 +177,9 @@ class _Runner:
         self.own_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         in_chans = getattr(model, "in_chans", 3)
         self.x = torch.randn(batch, in_chans, size, size, device=self.dev).contiguous(memory_format=fmt)
-        self.model = torch.compile(model) if s.compile else model
+        # Inference graphs are compiled with freezing: weights become constants that inductor folds and prepacks.
+        options = {"freezing": True} if s.mode == "infer" else None
+        self.model = torch.compile(model, options=options) if s.compile or c.compiled else model
         self.train = s.mode == "train"
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp or "")
         self.autocast = (lambda: torch.autocast(self.dev.type, dtype=dtype)) if dtype else contextlib.nullcontext
@@ -167,7 +187,8 @@ class _Runner:
             self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
             self.scaler = torch.amp.GradScaler(self.dev.type, enabled=s.amp == "fp16" and self.dev.type == "cuda")
             self.target: torch.Tensor | None = None  # class indices, drawn once the head size is seen
-        self.grad_ctx = contextlib.nullcontext if self.train else (torch.no_grad if s.compile else torch.inference_mode)
+        compiled = s.compile or c.compiled
+        self.grad_ctx = contextlib.nullcontext if self.train else (torch.no_grad if compiled else torch.inference_mode)
 
     def step(self) -> None:
         with self.grad_ctx(), self.autocast():
@@ -261,7 +282,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="infer: forward only; train: forward + backward + SGD step")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (all contenders)")
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (all contenders)")
-    p.add_argument("--compile", action="store_true", help="torch.compile every contender")
+    p.add_argument("--compile", action="store_true", help="torch.compile every contender (inference: with inductor freezing)")
     p.add_argument("--fused", action="store_true", help="fold BatchNorm into convs in OUR models (infer only)")
     p.add_argument("--vs", default=None, metavar="SOURCES",
                    help="also time the reference of the same architecture: torchvision, timm or torchvision,timm")
@@ -323,8 +344,9 @@ def run_bench(args: argparse.Namespace) -> int:
         task = progress.add_task("bench", total=total)
         for name, refs, batch, size in plan:
             progress.update(task, description=f"{name} batch {batch}")
-            contenders = [Contender("ours", lambda n=name: archlab.create_model(n), args.channels_last,
-                                    args.fused, is_ours=True)]
+            # Ours holds the (first) reference's weights: the same function on the same numbers.
+            contenders = [Contender("ours", lambda n=name, r=(refs or [None])[0]: build_ours(n, r),
+                                    args.channels_last, args.fused, is_ours=True)]
             contenders += [Contender(r, lambda r=r: build_reference(r), args.channels_last) for r in refs]
             try:
                 bench_row(contenders, batch, settings, size, on_step=lambda: progress.advance(task))

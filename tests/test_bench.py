@@ -9,7 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from archlab.bench import Contender, Settings, _Runner, bench_row, geometric_mean, reference_for, summarize
+from archlab.bench import (
+    Contender,
+    Settings,
+    _Runner,
+    bench_row,
+    build_ours,
+    build_reference,
+    geometric_mean,
+    reference_for,
+    summarize,
+)
 from archlab.cli import main
 
 FAST = ["--repeats", "2", "--warmup", "1"]
@@ -140,3 +150,18 @@ def test_summary_statistics():
     assert (s["q1_ms"], s["q3_ms"]) == (2.0, 4.0)  # the outlier moves max, not the IQR
     assert s["images_per_s"] == pytest.approx(10 * 1e3 / 3.0)
     assert geometric_mean([2.0, 8.0]) == pytest.approx(4.0)
+
+
+def test_ours_holds_the_references_weights_so_both_compute_the_same_function():
+    # --vs compares implementations, not random draws: the reference is built from a fixed seed, and ours is
+    # loaded with that build's weights, so the two give the same logits.
+    ref = build_reference("torchvision:resnet18").eval()
+    again = build_reference("torchvision:resnet18")
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), again.state_dict().values()))
+    ours = build_ours("resnet18", "torchvision:resnet18").eval()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-5)
+    state = torch.random.get_rng_state()
+    build_reference("torchvision:resnet18", seed=3)
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's random stream is left alone

@@ -1,0 +1,147 @@
+"""``archlab scale``: compound scaling measured (Tan & Le 2019, arXiv:1905.11946, section 3.3).
+
+The formula promises FLOPs that grow by ``(alpha * beta**2 * gamma**2) ** phi ≈ 2 ** phi``. This report builds
+the networks and counts: for each ``phi``, B0 scaled by :func:`archlab.scaling.compound` (``create_model(
+"efficientnet", phi=...)``) at the formula's resolution, and, for integer ``phi`` 1..7, the released
+EfficientNet-B{phi} at its released resolution. Parameters and multiply-adds are counted on the meta device
+(:func:`archlab.analysis.profile`), so even B7 at 600x600 costs well under a second and no memory.
+
+The measured growth differs from ``1.92 ** phi`` for reasons the formula ignores: channels are rounded to
+multiples of 8 and layer counts rounded up, the resolution is rounded, and the stem and head do not scale with
+depth. The released B1–B7 grow more slowly still: their coefficients are not the formula's (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from archlab.cli import CLIError, console, print_json
+from archlab.scaling import RELEASED, compound
+
+
+@dataclass(frozen=True)
+class ScaledRow:
+    """One scaled network, measured: its multipliers, resolution, params and multiply-adds."""
+
+    model: str  # "efficientnet (phi=1.5)" or "efficientnet_b3"
+    kind: str  # "formula" or "released"
+    phi: float
+    depth_mult: float
+    width_mult: float
+    resolution: int
+    params: int
+    macs: int
+    macs_ratio: float  # measured multiply-adds over B0's at 224
+    expected_ratio: float  # constraint ** phi: what the formula promises
+
+
+def _measure(name: str, resolution: int, **kwargs: float) -> tuple[int, int]:
+    from archlab.analysis.meta import MetaFastPath
+    from archlab.analysis.profile import profile
+    from archlab.registry import create_model
+
+    with torch.device("meta"), MetaFastPath():  # no real weights: shapes are all the counting needs
+        model = create_model(name, **kwargs)
+    p = profile(model, input_size=resolution, training_memory=False)
+    return p.params, p.macs
+
+
+def scaling_table(
+    phis: list[float],
+    alpha: float = 1.2,
+    beta: float = 1.1,
+    gamma: float = 1.15,
+    released: bool = True,
+    on_row: Callable[[int, float], None] | None = None,
+) -> list[ScaledRow]:
+    """Measured params and multiply-adds of compound-scaled B0 for each ``phi`` (and of the released B1–B7
+    at the integer ``phi`` among them when ``released``), with the FLOPs growth the formula expects.
+    ``on_row(index, phi)`` is called before each ``phi`` is measured (for a progress bar)."""
+    base_params, base_macs = _measure("efficientnet_b0", 224)
+    rows = []
+    for index, phi in enumerate(phis):
+        if on_row:
+            on_row(index, phi)
+        s = compound(phi, alpha, beta, gamma)
+        params, macs = _measure("efficientnet", s.resolution, phi=phi, alpha=alpha, beta=beta, gamma=gamma)
+        rows.append(ScaledRow(f"efficientnet (phi={phi:g})", "formula", float(phi), s.depth_mult, s.width_mult,
+                              s.resolution, params, macs, macs / base_macs, s.flops_ratio))
+        name = f"efficientnet_b{int(phi)}"
+        if released and float(phi).is_integer() and 1 <= phi <= 7:
+            r = RELEASED[name]
+            params, macs = _measure(name, r.resolution)
+            rows.append(ScaledRow(name, "released", float(phi), r.depth_mult, r.width_mult, r.resolution, params,
+                                  macs, macs / base_macs, s.flops_ratio))
+    return rows
+
+
+def _phi_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"every phi must be a finite number >= 0, got {text!r}")
+    return values
+
+
+def _coefficient(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (a multiplier that does not shrink), "
+                                         f"got {text!r}")
+    return value
+
+
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--phi", type=_phi_list, default=[0, 1, 2, 3, 4, 5, 6, 7], metavar="LIST",
+                   help="compound coefficients, e.g. 0,0.5,1 (default 0..7)")
+    p.add_argument("--alpha", type=_coefficient, default=1.2, help="depth base (default 1.2, the paper's)")
+    p.add_argument("--beta", type=_coefficient, default=1.1, help="width base (default 1.1)")
+    p.add_argument("--gamma", type=_coefficient, default=1.15, help="resolution base (default 1.15)")
+    p.add_argument("--no-released", action="store_true", help="leave out the released B1-B7 rows")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    constraint = compound(0, args.alpha, args.beta, args.gamma).constraint
+    biggest = max(args.phi)
+    if constraint**biggest > 1e4:  # B0 is 0.39 GMACs: beyond ~4 TMACs a single image is not a useful network
+        raise CLIError(f"phi={biggest:g} with alpha*beta^2*gamma^2={constraint:.3f} asks for {constraint**biggest:.3g}x "
+                       "B0's multiply-adds; choose a smaller phi")
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    # Progress on stderr (transient), so that --json on stdout stays clean.
+    with Progress(TextColumn("counting {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("B0", total=len(args.phi))
+        rows = scaling_table(args.phi, args.alpha, args.beta, args.gamma, released=not args.no_released,
+                             on_row=lambda i, phi: progress.update(task, completed=i, description=f"phi={phi:g}"))
+    if args.json:
+        print_json(dict(alpha=args.alpha, beta=args.beta, gamma=args.gamma, constraint=constraint,
+                        rows=[asdict(r) for r in rows]))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"compound scaling of EfficientNet-B0: alpha={args.alpha:g}, beta={args.beta:g}, "
+                        f"gamma={args.gamma:g}, alpha*beta^2*gamma^2 = {constraint:.4f}",
+                  header_style="bold",
+                  caption="MACs ×B0: measured multiply-adds over B0's at 224; expected: (alpha*beta^2*gamma^2)^phi. "
+                          "Released B1-B7 use their own coefficients, not the formula's.")
+    for col in ("model", "phi", "depth ×", "width ×", "resolution", "params", "MACs", "MACs ×B0", "expected ×B0"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(r.model if r.kind == "formula" else f"  {r.model} (released)", f"{r.phi:g}",
+                      f"{r.depth_mult:.3f}", f"{r.width_mult:.3f}", str(r.resolution), f"{r.params / 1e6:.2f}M",
+                      f"{r.macs / 1e9:.3f}G", f"{r.macs_ratio:.2f}", f"{r.expected_ratio:.2f}")
+    console().print(table)
+    return 0
