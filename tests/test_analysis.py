@@ -410,3 +410,29 @@ def test_summary_effective_padding_of_the_resnet_stem() -> None:
     assert (rows["conv1"].receptive_field, rows["conv1"].stride, rows["conv1"].padding) == ((7, 7), (2, 2), (3, 3))
     assert (rows["maxpool"].receptive_field, rows["maxpool"].stride, rows["maxpool"].padding) == (
         (11, 11), (4, 4), (5, 5))
+
+
+def test_cost_command_formula_equals_counted_for_every_variant(capsys) -> None:
+    # ResNeXt's 3x3 at stage 2 (256 -> 256 at 56x56, 32 groups) and a strided MobileNet-style layer.
+    for argv in (["--cin", "256", "--cout", "256", "--size", "56", "--groups", "32"],
+                 ["--cin", "32", "--cout", "64", "--size", "112", "--stride", "2", "-k", "5"]):
+        assert main(["cost", *argv, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert all(r["macs"] == r["counted"] for r in out["rows"])
+        separable = out["rows"][-1]
+        assert separable["relative"] == pytest.approx(out["separable_reduction_formula"])
+    assert out["output"] == 56 and [r["layer"].split()[0] for r in out["rows"]] == ["standard", "depthwise"]
+    assert main(["cost", "--cin", "256", "--cout", "256", "--size", "56", "--groups", "32"]) == 0
+    assert "32.0x fewer" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cin", "256", "--cout", "256", "--size", "56", "--groups", "3"], "groups=3 must divide"),
+    (["--cin", "8", "--cout", "8", "--size", "9", "-k", "4"], "--kernel must be odd"),
+    (["--cin", "0", "--cout", "8", "--size", "9"], "--cin"),
+    (["--cout", "8", "--size", "9"], "--cin"),
+])
+def test_cost_command_bad_input_is_one_line_exit_2(capsys, argv, message) -> None:
+    assert main(["cost", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
