@@ -1,16 +1,16 @@
 """Speed and memory benchmarks of archlab models, interleaved with the reference implementations.
 
-A *row* is one model at one batch size; its *contenders* (ours, torchvision's, timm's ...) are built once,
-warmed up, then timed in turns — ours, theirs, ours, theirs — with the starting contender alternating from
-repeat to repeat, so that a burst of load from a neighbour on a shared machine hits every contender alike
-rather than skewing one of them. With ``--vs``, ours is given the reference's weights (both are built from the
-same seed), so that the two compute the same function on the same numbers. Each repeat is one step: a forward pass (``infer``) or forward + backward +
-SGD step (``train``). On CUDA a step is timed with CUDA events after a synchronize; on CPU with
+A *row* is one model at one batch size; its *contenders* (ours, torchvision's, timm's ...) are built once, warmed
+up, then timed in turns — ours, theirs, ours, theirs — with the starting contender alternating from repeat to
+repeat, so that a burst of load from a neighbour on a shared machine hits every contender alike rather than skewing
+one of them. With ``--vs``, ours is given the reference's weights (both are built from the same seed), so that the
+two compute the same function on the same numbers. Each repeat is one step: a forward pass (``infer``) or forward +
+backward + SGD step (``train``). On CUDA a step is timed with CUDA events after a synchronize; on CPU with
 ``time.perf_counter``.
 
-Peak memory per step: on CUDA, ``torch.cuda.max_memory_allocated`` during one step above what was allocated
-before it, plus the model's own parameters and buffers; on CPU (Linux), the peak rise of the process RSS
-while one step runs, sampled every 0.5 ms (activations and workspace; weights excluded); elsewhere ``None``.
+Peak memory per step: on CUDA, ``torch.cuda.max_memory_allocated`` during one step above what was allocated before
+it, plus the model's own parameters and buffers; on CPU (Linux), the peak rise of the process RSS while one step
+runs, sampled every 0.5 ms (activations and workspace; weights excluded); elsewhere ``None``.
 """
 
 from __future__ import annotations
@@ -282,7 +282,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="infer: forward only; train: forward + backward + SGD step")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (all contenders)")
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (all contenders)")
-    p.add_argument("--compile", action="store_true", help="torch.compile every contender (inference: with inductor freezing)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every contender (inference: with inductor freezing)")
     p.add_argument("--fused", action="store_true", help="fold BatchNorm into convs in OUR models (infer only)")
     p.add_argument("--vs", default=None, metavar="SOURCES",
                    help="also time the reference of the same architecture: torchvision, timm or torchvision,timm")

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("archlab.train.commands", "train a model (digits, CIFAR, ImageFolder; torchrun for DDP)"),
     "eval": ("archlab.train.commands", "top-1/top-5 of saved weights with the model card's preprocessing"),
     "compare": ("archlab.compare", "the architecture comparison table: params, MACs, top-1, memory, latency"),
-    "cost": ("archlab.analysis.cost", "standard vs grouped vs depthwise-separable conv: params and MACs, formula and counted"),
+    "cost": ("archlab.analysis.cost", "one conv layer: standard vs grouped vs depthwise-separable cost"),
     "scale": ("archlab.scaling_report", "compound scaling measured: params and MACs of B0 scaled by phi vs 2^phi"),
     "bench": ("archlab.bench", "time models (speed, memory), optionally against torchvision/timm in the same run"),
     "export": ("archlab.deploy", "export a model to ONNX, checked against onnxruntime"),

@@ -115,8 +115,8 @@ def run_scale(args: argparse.Namespace) -> int:
     constraint = compound(0, args.alpha, args.beta, args.gamma).constraint
     biggest = max(args.phi)
     if constraint**biggest > 1e4:  # B0 is 0.39 GMACs: beyond ~4 TMACs a single image is not a useful network
-        raise CLIError(f"phi={biggest:g} with alpha*beta^2*gamma^2={constraint:.3f} asks for {constraint**biggest:.3g}x "
-                       "B0's multiply-adds; choose a smaller phi")
+        raise CLIError(f"phi={biggest:g} with alpha*beta^2*gamma^2={constraint:.3f} asks for "
+                       f"{constraint**biggest:.3g}x B0's multiply-adds; choose a smaller phi")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

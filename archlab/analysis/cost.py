@@ -108,8 +108,8 @@ def run_cost(args: argparse.Namespace) -> int:
     table = Table(title=f"{args.cin}->{args.cout} channels, {args.kernel}x{args.kernel}, {args.size}x{args.size} "
                         f"input -> {out}x{out} output", header_style="bold",
                   caption=f"formula: standard H·W·Cin·Cout·k², grouped /G, separable H·W·(Cin·k² + Cin·Cout); "
-                          f"counted: archlab.analysis.profile (torch.utils.flop_counter) on a real layer. Separable/standard = 1/Cout + 1/k² "
-                          f"= {formula:.4f}")
+                          f"counted: archlab.analysis.profile (torch.utils.flop_counter) on a real layer. "
+                          f"Separable/standard = 1/Cout + 1/k² = {formula:.4f}")
     for col in ("layer", "params", "MACs (formula)", "MACs (counted)", "vs standard"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     for r in rows:
