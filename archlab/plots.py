@@ -1,4 +1,5 @@
-"""Plots people would rather look at than a table: accuracy against cost, with the efficiency frontier."""
+"""Plots people would rather look at than a table: accuracy against cost, with the efficiency frontier; and the
+seed's design patterns stage by stage (resolution down, channels up, receptive field out)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,45 @@ def plot_accuracy_vs(rows: Sequence[Any], x_attr: str, path: Path) -> Path:
     ax.set_ylabel("ImageNet top-1 (%), published")
     ax.set_title(title + "\n(marker area ~ parameters, colour ~ year)")
     ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_stage_traces(traces: Sequence[Any], path: Path) -> Path:
+    """Three panels, one line per model (:class:`archlab.analysis.trace.StageTrace`): resolution, channels and
+    receptive field of each stage output, from the input to the pooled vector. The seed's design patterns —
+    spatial size halving, channels doubling, the receptive field growing past the image — side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), dpi=120)
+    panels = (("resolution (pixels, log scale)", lambda s: s.resolution[0]),
+              ("channels (log scale)", lambda s: s.channels),
+              ("receptive field (input pixels, log scale)", lambda s: s.receptive_field))
+    # Models often share a pattern exactly (224→112→...→7): distinct markers, dashes and shrinking marker sizes
+    # keep every line visible where they coincide.
+    markers, dashes = "osD^vP*X", ["-", "--", "-.", ":"]
+    for ax, (ylabel, value) in zip(axes, panels):
+        for i, t in enumerate(traces):
+            stages = [s for s in t.stages if value(s) > 0]
+            ax.plot(range(len(stages)), [value(s) for s in stages], marker=markers[i % len(markers)],
+                    ls=dashes[i % len(dashes)], ms=max(3.0, 9.0 - 1.5 * i), alpha=0.85, label=t.name)
+        if ylabel.startswith("receptive"):
+            for size in sorted({t.input_size[0] for t in traces}):
+                ax.axhline(size, color="grey", lw=0.8, ls=":")
+            ax.text(0, max(t.input_size[0] for t in traces), " input size", fontsize=8, va="bottom", color="grey")
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("stage output (0 = input, last = pooled vector)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_title("spatial size decreases")
+    axes[1].set_title("channel depth increases")
+    axes[2].set_title("receptive field grows")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -376,7 +376,21 @@ def test_trace_command(capsys) -> None:
     assert json.loads(capsys.readouterr().out)["resolution_pattern"] == "64→32→16→8→4→2→1"
 
 
+def test_trace_several_models_with_a_plot(capsys, tmp_path) -> None:
+    png = tmp_path / "patterns.png"
+    assert main(["trace", "vgg11", "mobilenet_v2", "--input", "64", "--plot", str(png), "--json"]) == 0
+    traces = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in traces] == ["vgg11", "mobilenet_v2"]
+    assert traces[1]["resolution_pattern"] == "64→32→16→8→4→2→1"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert main(["trace", "vgg11", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert "vgg11 at 224x224" in out and "resnet18 at 224x224" in out
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["trace", "vgg11", "--plot", "out.txt"], ".png, .svg or .pdf"),
+    (["trace", "vgg11", "--plot", "/no/such/folder/p.png"], "does not exist"),
     (["summary", "vgg61"], "did you mean"),
     (["trace", "vgg11", "--input", "16"], "minimum"),
     (["summary", "vgg11", "--input", "9999"], "larger than"),

@@ -90,31 +90,51 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def add_trace_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="registered model name (see `archlab list`)")
+    p.add_argument("names", nargs="+", metavar="NAME", help="registered model names (see `archlab list`)")
     p.add_argument("--input", type=positive_int, default=None, metavar="N",
-                   help="square input size (default: the model card's)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+                   help="square input size (default: each model card's)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw resolution, channels and receptive field per stage, one line per model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables (a list for several models)")
 
 
 def run_trace(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from archlab.analysis.trace import stage_trace
 
-    t = stage_trace(args.name, args.input)
+    plot = Path(args.plot) if args.plot else None
+    if plot is not None:
+        if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise CLIError(f"--plot takes a .png, .svg or .pdf file, got {args.plot!r}")
+        if not plot.parent.is_dir():
+            raise CLIError(f"--plot: folder {str(plot.parent)!r} does not exist")
+    traces = [stage_trace(name, args.input) for name in args.names]
+    if plot is not None:
+        from archlab.plots import plot_stage_traces
+
+        try:
+            plot_stage_traces(traces, plot)
+        except OSError as exc:
+            raise CLIError(f"--plot: cannot write {args.plot!r}: {exc.strerror or exc}") from None
     if args.json:
-        print_json(t.to_dict())
+        print_json(traces[0].to_dict() if len(traces) == 1 else [t.to_dict() for t in traces])
         return 0
     from rich.table import Table
 
-    h, w = t.input_size
-    table = Table(title=f"{t.name} at {h}x{w}", header_style="bold")
-    for col, justify in (("stage", "left"), ("module", "left"), ("resolution", "right"), ("channels", "right"),
-                         ("blocks", "right"), ("stride", "right"), ("RF", "right")):
-        table.add_column(col, justify=justify)
-    for s in t.stages:
-        table.add_row(s.name, s.module or "-", f"{s.resolution[0]}x{s.resolution[1]}", str(s.channels),
-                      str(s.blocks) if s.blocks else "-", _num(s.stride),
-                      _num(s.receptive_field) + ("+" if s.global_context else ""))
     out = console()
-    out.print(table)
-    out.print(f"{t.name}: {t.resolution_pattern} and {t.channel_pattern}")
+    for t in traces:
+        h, w = t.input_size
+        table = Table(title=f"{t.name} at {h}x{w}", header_style="bold")
+        for col, justify in (("stage", "left"), ("module", "left"), ("resolution", "right"), ("channels", "right"),
+                             ("blocks", "right"), ("stride", "right"), ("RF", "right")):
+            table.add_column(col, justify=justify)
+        for s in t.stages:
+            table.add_row(s.name, s.module or "-", f"{s.resolution[0]}x{s.resolution[1]}", str(s.channels),
+                          str(s.blocks) if s.blocks else "-", _num(s.stride),
+                          _num(s.receptive_field) + ("+" if s.global_context else ""))
+        out.print(table)
+        out.print(f"{t.name}: {t.resolution_pattern} and {t.channel_pattern}")
+    if plot is not None:
+        out.print(f"plot written to {plot}")
     return 0
