@@ -197,6 +197,33 @@ def backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.opt
     optimizer.step()
 
 
+def _restore(resume: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, ema: ModelEma | None,
+             scaler: torch.amp.GradScaler | None) -> None:
+    """Load every piece of training state a checkpoint holds (positions and RNG streams are the caller's)."""
+    from archlab.weights import check_state_dict
+
+    check_state_dict(model, resume["model"])  # e.g. --data now has another number of classes: keys named
+    model.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    if ema is not None and resume.get("ema") is not None:
+        ema.module.load_state_dict(resume["ema"])
+    if scaler is not None and resume.get("scaler"):
+        scaler.load_state_dict(resume["scaler"])
+
+
+def _epoch_record(epoch: int, step: int, lr: float, running: list[float], val: dict[str, float],
+                  val_ema: dict[str, float] | None, images: int, train_s: float, epoch_s: float) -> dict[str, Any]:
+    """One row of metrics.csv: the epoch's running training loss/accuracy and its validation results."""
+    n = max(running[2], 1)
+    return {
+        "epoch": epoch, "step": step, "lr": lr, "train_loss": running[0] / n, "train_acc": 100 * running[1] / n,
+        "val_loss": val["loss"], "val_acc": val["top1"], "val_acc_ema": val_ema["top1"] if val_ema else None,
+        "images_per_s": images / max(train_s, 1e-9), "epoch_s": epoch_s,
+    }
+
+
 def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[str, Any] | None = None,
           ) -> dict[str, Any]:
     """Run (or continue, from checkpoint dict ``resume``) the training described by ``cfg``.
@@ -236,16 +263,7 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
     epoch, batch_in_epoch, step, history = 0, 0, 0, []
     running = [0.0, 0.0, 0.0]  # loss * n, correct, n over the epoch so far (all ranks)
     if resume is not None:
-        from archlab.weights import check_state_dict
-
-        check_state_dict(model, resume["model"])  # e.g. --data now has another number of classes: keys named
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if ema is not None and resume.get("ema") is not None:
-            ema.module.load_state_dict(resume["ema"])
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
+        _restore(resume, model, optimizer, scheduler, ema, scaler)
         epoch, batch_in_epoch, step = resume["epoch"], resume["batch_in_epoch"], resume["step"]
         history, running = list(resume["history"]), list(resume["running"])
         rngs = resume["rng"]
@@ -326,12 +344,8 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
             if ema is not None:
                 broadcast_buffers(ema.module, ctx)
                 val_ema = evaluate(ema.module, val_loader, device, cfg.amp, cfg.channels_last, ctx)
-            history.append({
-                "epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": running[0] / max(running[2], 1), "train_acc": 100 * running[1] / max(running[2], 1),
-                "val_loss": val["loss"], "val_acc": val["top1"], "val_acc_ema": val_ema["top1"] if val_ema else None,
-                "images_per_s": images_seen / max(train_s, 1e-9), "epoch_s": time.perf_counter() - t_epoch,
-            })
+            history.append(_epoch_record(epoch + 1, step, optimizer.param_groups[0]["lr"], running, val, val_ema,
+                                         images_seen, train_s, time.perf_counter() - t_epoch))
             epoch, batch_in_epoch, running = epoch + 1, 0, [0.0, 0.0, 0.0]
             checkpoint()
             if main:
@@ -346,6 +360,7 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
     digests = gather_objects(state_digest(model), ctx)
     last = history[-1] if history else {}
     return {"run_dir": str(run_dir), "model": cfg.model, "data": cfg.data, "epochs": epoch, "steps": step,
-            "weights_sha256": digests[0], "ranks_in_sync": len(set(digests)) == 1, "world_size": ctx.world_size, "val_acc": last.get("val_acc"), "val_acc_ema": last.get("val_acc_ema"),
-            "val_loss": last.get("val_loss"), "train_loss": last.get("train_loss"),
-            "seconds": time.perf_counter() - t_start, "checkpoint": str(run_dir / "checkpoint.pt")}
+            "weights_sha256": digests[0], "ranks_in_sync": len(set(digests)) == 1, "world_size": ctx.world_size,
+            "val_acc": last.get("val_acc"), "val_acc_ema": last.get("val_acc_ema"), "val_loss": last.get("val_loss"),
+            "train_loss": last.get("train_loss"), "seconds": time.perf_counter() - t_start,
+            "checkpoint": str(run_dir / "checkpoint.pt")}
