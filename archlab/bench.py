@@ -177,9 +177,8 @@ class _Runner:
         self.own_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         in_chans = getattr(model, "in_chans", 3)
         self.x = torch.randn(batch, in_chans, size, size, device=self.dev).contiguous(memory_format=fmt)
-        # Inference graphs are compiled with freezing: weights become constants that inductor folds and prepacks.
-        options = {"freezing": True} if s.mode == "infer" else None
-        self.model = torch.compile(model, options=options) if s.compile or c.compiled else model
+        compiled = s.compile or c.compiled
+        self.model = torch.compile(model) if compiled else model
         self.train = s.mode == "train"
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp or "")
         self.autocast = (lambda: torch.autocast(self.dev.type, dtype=dtype)) if dtype else contextlib.nullcontext
@@ -187,11 +186,17 @@ class _Runner:
             self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
             self.scaler = torch.amp.GradScaler(self.dev.type, enabled=s.amp == "fp16" and self.dev.type == "cuda")
             self.target: torch.Tensor | None = None  # class indices, drawn once the head size is seen
-        compiled = s.compile or c.compiled
         self.grad_ctx = contextlib.nullcontext if self.train else (torch.no_grad if compiled else torch.inference_mode)
+        # Compiled inference with freezing: weights become constants that inductor folds and prepacks. Inductor
+        # reads the flag when it compiles (the first step), not in torch.compile(), whose options= ignores it.
+        self.inductor_ctx = contextlib.nullcontext
+        if compiled and not self.train:
+            import torch._inductor.config as inductor_config
+
+            self.inductor_ctx = lambda: inductor_config.patch(freezing=True)
 
     def step(self) -> None:
-        with self.grad_ctx(), self.autocast():
+        with self.inductor_ctx(), self.grad_ctx(), self.autocast():
             out = self.model(self.x)
             if not self.train:
                 return
