@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "card": ("archlab.cli", "a model's card: paper, key innovation, published figures and their sources"),
     "summary": ("archlab.analysis.commands", "per-layer table: output shape, params, MACs, receptive field"),
     "trace": ("archlab.analysis.commands", "per-stage resolution, channels, blocks, stride and receptive field"),
+    "erf": ("archlab.analysis.commands", "effective receptive field per stage: how much of its window a unit uses"),
     "train": ("archlab.train.commands", "train a model (digits, CIFAR, ImageFolder; torchrun for DDP)"),
     "eval": ("archlab.train.commands", "top-1/top-5 of saved weights with the model card's preprocessing"),
     "compare": ("archlab.compare", "the architecture comparison table: params, MACs, top-1, memory, latency"),

@@ -110,3 +110,33 @@ def plot_stage_traces(traces: Sequence[Any], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_effective_rf(erf: Any, path: Path) -> Path:
+    """One panel per stage (:class:`archlab.analysis.effective_rf.EffectiveRF`): the centre unit's input-gradient
+    magnitude (square-root colour scale, so the tails show), with the theoretical field (dashed) and the
+    effective one (solid) outlined around the gradient's centre of mass."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    n = len(erf.stages)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), dpi=120, squeeze=False)
+    for ax, s in zip(axes[0], erf.stages):
+        ax.imshow([[v**0.5 for v in row] for row in s.gradient], cmap="magma", interpolation="nearest")
+        cy, cx = s.centre
+        for side, style, colour in ((s.theoretical, "--", "white"), (s.effective, "-", "cyan")):
+            ax.add_patch(Rectangle((cx - side / 2, cy - side / 2), side, side, fill=False, ls=style, lw=1.2,
+                                   ec=colour))
+        ax.set_title(f"{s.stage} ({s.resolution[0]}x{s.resolution[1]})\nRF {s.theoretical}, effective "
+                     f"{s.effective} ({100 * s.fraction:.0f}%)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{erf.name}: |d centre unit / d input| per stage output; dashed: theoretical receptive field, "
+                 f"solid: square holding {100 * erf.mass:g}% of the gradient", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -28,6 +28,20 @@ def _pair(p: tuple[float, float] | None) -> str:
     return _num(p[0]) if p[0] == p[1] else f"{_num(p[0])}x{_num(p[1])}"
 
 
+def _plot_path(text: str | None):
+    """The --plot file as a Path (None when not asked for), checked before any work is done."""
+    from pathlib import Path
+
+    if not text:
+        return None
+    plot = Path(text)
+    if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise CLIError(f"--plot takes a .png, .svg or .pdf file, got {text!r}")
+    if not plot.parent.is_dir():
+        raise CLIError(f"--plot: folder {str(plot.parent)!r} does not exist")
+    return plot
+
+
 # ------------------------------------------------------------------------------------------- archlab summary
 
 
@@ -103,12 +117,7 @@ def run_trace(args: argparse.Namespace) -> int:
 
     from archlab.analysis.trace import stage_trace
 
-    plot = Path(args.plot) if args.plot else None
-    if plot is not None:
-        if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-            raise CLIError(f"--plot takes a .png, .svg or .pdf file, got {args.plot!r}")
-        if not plot.parent.is_dir():
-            raise CLIError(f"--plot: folder {str(plot.parent)!r} does not exist")
+    plot = _plot_path(args.plot)
     traces = [stage_trace(name, args.input) for name in args.names]
     if plot is not None:
         from archlab.plots import plot_stage_traces
@@ -137,4 +146,79 @@ def run_trace(args: argparse.Namespace) -> int:
         out.print(f"{t.name}: {t.resolution_pattern} and {t.channel_pattern}")
     if plot is not None:
         out.print(f"plot written to {plot}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- archlab erf
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
+def add_erf_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="registered model name (see `archlab list`)")
+    p.add_argument("--input", type=positive_int, default=None, metavar="N",
+                   help="square input size (default: the model card's)")
+    p.add_argument("--mass", type=_fraction, default=0.95,
+                   help="share of the input gradient the effective field holds (default 0.95)")
+    p.add_argument("--samples", type=positive_int, default=4, help="random inputs averaged (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw each stage's input-gradient map with both fields outlined")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run_erf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from archlab.analysis.effective_rf import effective_receptive_field
+    from archlab.registry import model_card
+
+    plot = _plot_path(args.plot)
+    size = args.input or model_card(args.name).input_size
+    if size > 1024:
+        raise CLIError(f"--input {size}: the effective receptive field runs real forward and backward passes; "
+                       "use 1024 or less")
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    # Progress on stderr (transient), so that --json on stdout stays clean.
+    with Progress(TextColumn(f"{args.name}: forward + backward per random input"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("erf", total=args.samples)
+        erf = effective_receptive_field(args.name, size, args.mass, args.samples, args.seed,
+                                        on_sample=lambda done: progress.update(task, completed=done))
+    if plot is not None:
+        from archlab.plots import plot_effective_rf
+
+        try:
+            plot_effective_rf(erf, plot)
+        except OSError as exc:
+            raise CLIError(f"--plot: cannot write {args.plot!r}: {exc.strerror or exc}") from None
+    if args.json:
+        print_json(erf.to_dict())
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{erf.name} at {size}x{size}: effective receptive field ({100 * erf.mass:g}% of the input "
+                        f"gradient, {erf.samples} random inputs, weights as built)", header_style="bold",
+                  caption="theoretical: pixels that can reach the centre unit (clipped to the image); effective: "
+                          "side of the centred square holding the gradient mass; area: effective² / theoretical²")
+    for col, justify in (("stage", "left"), ("module", "left"), ("resolution", "right"), ("theoretical", "right"),
+                         ("effective", "right"), ("area used", "right")):
+        table.add_column(col, justify=justify)
+    for s in erf.stages:
+        table.add_row(s.stage, s.module, f"{s.resolution[0]}x{s.resolution[1]}", str(s.theoretical),
+                      str(s.effective), f"{100 * s.fraction:.0f}%")
+    out = console()
+    out.print(table)
+    if plot is not None:
+        out.print(f"plot written to {Path(plot)}")
     return 0
