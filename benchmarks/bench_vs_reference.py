@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -46,8 +47,20 @@ def log(msg: str) -> None:
 
 
 def median(c: Contender) -> float:
-    t = sorted(c.times_ms)
-    return t[len(t) // 2] if len(t) % 2 else (t[len(t) // 2 - 1] + t[len(t) // 2]) / 2
+    return statistics.median(c.times_ms)
+
+
+def paired(theirs: Contender, ours: Contender) -> tuple[float, float, float]:
+    """Speed ratio ours/theirs from the interleaved steps: per repeat, theirs_ms / ours_ms of the two steps run
+    back to back; the median and quartiles over the repeats. Pairing cancels load that drifts during a run, which
+    a ratio of two medians does not."""
+    ratios = [t / o for t, o in zip(theirs.times_ms, ours.times_ms)]
+    q1, mid, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return mid, q1, q3
+
+
+def cell(r: tuple[float, float, float]) -> str:
+    return f"{r[0]:.3f} [{r[1]:.2f}–{r[2]:.2f}]"
 
 
 def part_a(models: list[str], settings: Settings, batch: int, size: int) -> tuple[list[str], dict[str, float]]:
@@ -66,14 +79,15 @@ def part_a(models: list[str], settings: Settings, batch: int, size: int) -> tupl
         cs = [Contender("ours", lambda n=name, r=first: build_ours(n, r), is_ours=True)]
         cs += [Contender(r, lambda r=r: build_reference(r)) for r in refs.values()]
         bench_row(cs, batch, settings, size, measure_memory=False)
-        ours_ms, by_label = median(cs[0]), {c.label: median(c) for c in cs}
+        ours_ms, by_label = median(cs[0]), {c.label: c for c in cs}
         family = archlab.model_card(name).family
         cells = []
         for source in ("torchvision", "timm"):
             if source in refs:
-                ratio = by_label[refs[source]] / ours_ms  # ours/theirs speed
-                ratios[(family, source)].append(ratio)
-                cells.append((f"{by_label[refs[source]]:.1f} ({refs[source].split(':')[1]})", f"{ratio:.3f}"))
+                theirs = by_label[refs[source]]
+                ratio = paired(theirs, cs[0])  # ours/theirs speed, median [quartiles] over paired steps
+                ratios[(family, source)].append(ratio[0])
+                cells.append((f"{median(theirs):.1f} ({refs[source].split(':')[1]})", cell(ratio)))
             else:
                 cells.append(("-", "-"))
         lines.append(f"| {name} | {family} | {ours_ms:.1f} | {cells[0][0]} | {cells[1][0]} | {cells[0][1]} "
@@ -115,14 +129,15 @@ def part_b(models: list[str], settings: Settings, batch: int, size: int,
                                 fused=True, is_ours=True, compiled=True))
         bench_row(cs, batch, settings, size, measure_memory=False)
         ours, eager, cl = (median(c) for c in cs[:3])
-        ratios["vs_eager"].append(eager / ours)
-        ratios["vs_channels_last"].append(cl / ours)
-        line = f"| {name} | {ours:.1f} | {eager:.1f} | {cl:.1f} | {eager / ours:.3f} | {cl / ours:.3f} |"
+        vs_eager, vs_cl = paired(cs[1], cs[0]), paired(cs[2], cs[0])
+        ratios["vs_eager"].append(vs_eager[0])
+        ratios["vs_channels_last"].append(vs_cl[0])
+        line = f"| {name} | {ours:.1f} | {eager:.1f} | {cl:.1f} | {cell(vs_eager)} | {cell(vs_cl)} |"
         if with_compile:
-            comp = median(cs[3])
-            ratios["compiled_vs_eager"].append(eager / comp)
-            ratios["compiled_vs_channels_last"].append(cl / comp)
-            line += f" {comp:.1f} | {eager / comp:.3f} | {cl / comp:.3f} |"
+            comp_eager, comp_cl = paired(cs[1], cs[3]), paired(cs[2], cs[3])
+            ratios["compiled_vs_eager"].append(comp_eager[0])
+            ratios["compiled_vs_channels_last"].append(comp_cl[0])
+            line += f" {median(cs[3]):.1f} | {cell(comp_eager)} | {cell(comp_cl)} |"
         lines.append(line)
     summary = {k: geometric_mean(v) for k, v in ratios.items()}
     last = f"| **geometric mean** | | | | **{summary['vs_eager']:.3f}** | **{summary['vs_channels_last']:.3f}** |"
@@ -161,8 +176,10 @@ def main() -> int:
     doc = [f"# archlab vs reference implementations ({now})", "",
            f"CPU `{platform.processor() or platform.machine()}`, {args.threads} thread(s), torch {torch.__version__}, "
            f"batch {args.batch}, {args.input}x{args.input}, inference, {args.warmup} warm-up + {args.repeats} timed "
-           "steps per implementation, interleaved (ours/theirs alternate every step). ours/theirs is the speed "
-           "ratio: > 1 means ours is faster. The machine is shared and noisy: differences of a few percent are "
+           "steps per implementation, interleaved (ours/theirs alternate every step). Ratios are speed ratios "
+           "(> 1: ours faster): the median over the repeats of theirs_ms / ours_ms for the two steps of the same "
+           "repeat, with the quartiles in brackets; pairing cancels load that drifts during the run. Ours holds the "
+           "reference's weights. The machine is shared and noisy: a ratio whose quartiles straddle 1.00 is parity "
            "within the noise.", ""]
     verdicts = []
     if not args.skip_a:
