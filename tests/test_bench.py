@@ -165,3 +165,21 @@ def test_ours_holds_the_references_weights_so_both_compute_the_same_function():
     state = torch.random.get_rng_state()
     build_reference("torchvision:resnet18", seed=3)
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's random stream is left alone
+
+
+def test_gpu_figures_script_runs_and_records_its_command(tmp_path):
+    # The script a GPU session runs (benchmarks/gpu_figures.py), checked on CPU with tiny settings.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_figures.py"
+    spec = importlib.util.spec_from_file_location("gpu_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu.md"
+    argv = ["--device", "cpu", "--models", "mobilenet_v2", "--input", "32", "--train-batch", "2",
+            "--infer-batch", "2", "--repeats", "1", "--warmup", "0", "--amp", "none", "--out", str(out)]
+    assert module.main(argv) == 0
+    text = out.read_text()
+    assert "--models mobilenet_v2" in text and "### Training" in text and "### Inference, batch 2" in text
+    assert text.count("| mobilenet_v2 |") == 2
