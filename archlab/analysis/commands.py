@@ -42,6 +42,14 @@ def _plot_path(text: str | None):
     return plot
 
 
+def _draw(plotter, data, plot) -> None:
+    """``plotter(data, plot)``, a file that cannot be written being bad input (one line, exit 2)."""
+    try:
+        plotter(data, plot)
+    except OSError as exc:
+        raise CLIError(f"--plot: cannot write {str(plot)!r}: {exc.strerror or exc}") from None
+
+
 # ------------------------------------------------------------------------------------------- archlab summary
 
 
@@ -122,10 +130,7 @@ def run_trace(args: argparse.Namespace) -> int:
     if plot is not None:
         from archlab.plots import plot_stage_traces
 
-        try:
-            plot_stage_traces(traces, plot)
-        except OSError as exc:
-            raise CLIError(f"--plot: cannot write {args.plot!r}: {exc.strerror or exc}") from None
+        _draw(plot_stage_traces, traces, plot)
     if args.json:
         print_json(traces[0].to_dict() if len(traces) == 1 else [t.to_dict() for t in traces])
         return 0
@@ -198,10 +203,7 @@ def run_erf(args: argparse.Namespace) -> int:
     if plot is not None:
         from archlab.plots import plot_effective_rf
 
-        try:
-            plot_effective_rf(erf, plot)
-        except OSError as exc:
-            raise CLIError(f"--plot: cannot write {args.plot!r}: {exc.strerror or exc}") from None
+        _draw(plot_effective_rf, erf, plot)
     if args.json:
         print_json(erf.to_dict())
         return 0
