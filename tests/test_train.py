@@ -132,6 +132,16 @@ def test_run_folder_has_checkpoint_config_metrics_and_curves(reference_run):
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temp file
 
 
+def test_grad_checkpointing_trains_to_the_same_weights(reference_run, capsys, tmp_path):
+    # Recomputing every block in backward must not change a single bit: same dropout/drop-path masks, BatchNorm
+    # running statistics updated once per batch, EMA and optimizer state alike.
+    run_dir, reference = reference_run
+    result = train_json(capsys, "tiny_cnn", *DIGITS, *RECIPE, "--grad-checkpointing", "--out", str(tmp_path / "ck"))
+    assert result["weights_sha256"] == reference["weights_sha256"]
+    assert_bit_identical(weights(tmp_path / "ck"), weights(run_dir))
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["grad_checkpointing"] is True
+
+
 def test_eval_reproduces_the_validation_accuracy(reference_run, capsys, tmp_path):
     from safetensors.torch import save_file
 

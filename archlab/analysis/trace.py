@@ -20,8 +20,7 @@ from torch import nn
 
 from archlab.analysis.meta import MetaFastPath, ModuleScopes, meta_input, on_meta, resolve_input_size
 from archlab.analysis.receptive_field import Geometry, ReceptiveFieldTracker
-
-_CONTAINERS = (nn.ModuleList, nn.ModuleDict)
+from archlab.models.base import block_names
 
 
 @dataclass(frozen=True)
@@ -67,24 +66,6 @@ def _pattern(values) -> str:
     return "→".join(str(v) for v in out)
 
 
-def _units(model: nn.Module) -> list[str]:
-    """Dotted names of the blocks: modules holding a convolution, under plain containers only."""
-    found: list[str] = []
-
-    def visit(prefix: str, module: nn.Module) -> None:
-        for child_name, child in module.named_children():
-            name = f"{prefix}{child_name}"
-            if not any(isinstance(m, nn.modules.conv._ConvNd) for m in child.modules()):
-                continue
-            if type(child) is nn.Sequential or isinstance(child, _CONTAINERS):
-                visit(name + ".", child)
-            else:
-                found.append(name)
-
-    visit("", model)
-    return found
-
-
 def stage_trace(model_or_name: nn.Module | str, input_size: int | tuple[int, int] | None = None) -> StageTrace:
     """Trace a model with ``feature_info`` (every archlab model) at ``input_size`` (None: its card's)."""
     with on_meta(model_or_name) as (model, name):
@@ -113,7 +94,7 @@ def stage_trace(model_or_name: nn.Module | str, input_size: int | tuple[int, int
                 raise ValueError(f"{name} cannot run on a {tuple(x.shape)} input: {exc}") from exc
             pooled_geometry = tracker.geometry_of(pooled)
 
-        units = [u for u in _units(model) if u in finish_order]
+        units = [u for u in block_names(model) if u in finish_order]
         stages = [Stage("input", "", size, x.shape[1], 0, 1, 1)]
         previous = -1
         for i, f in enumerate(info):

@@ -56,6 +56,36 @@ class ArchNet(nn.Module):
         self.check_input(x)
         return self.forward_head(self.forward_features(x))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing of every block (see :mod:`archlab.checkpointing`): less activation memory in
+        training for about one more forward pass of compute; results unchanged."""
+        from archlab.checkpointing import set_grad_checkpointing
+
+        set_grad_checkpointing(self, enable)
+
+
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict)
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """Dotted names of the blocks: modules holding a convolution, found under plain containers only
+    (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``), in registration order."""
+    found: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for child_name, child in module.named_children():
+            name = f"{prefix}{child_name}"
+            if not any(isinstance(m, nn.modules.conv._ConvNd) for m in child.modules()):
+                continue
+            if type(child) is nn.Sequential or isinstance(child, _CONTAINERS):
+                visit(name + ".", child)
+            else:
+                found.append(name)
+
+    visit("", model)
+    return found
+
+
 
 def check_num_classes(num_classes: int, allow_zero: bool = False) -> None:
     lowest = 0 if allow_zero else 1

@@ -23,7 +23,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 OPT_DEFAULTS = {"sgd": dict(lr=0.1, weight_decay=5e-4), "adamw": dict(lr=2e-3, weight_decay=0.05)}
 # Options a resumed run may change: they affect neither the maths nor the data order.
-RESUMABLE_OVERRIDES = ("workers", "data", "device")
+RESUMABLE_OVERRIDES = ("workers", "data", "device", "grad_checkpointing")
 
 
 def _float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True):
@@ -69,6 +69,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=nonneg_int, metavar="N", help="data-loading processes per rank")
     p.add_argument("--clip-grad", type=_float_in(0, inf, lo_open=True), metavar="NORM", help="clip grad norm")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--grad-checkpointing", action="store_true", default=None,
+                   help="recompute each block during backward: less activation memory, identical results")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
 

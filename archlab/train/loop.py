@@ -4,7 +4,7 @@ Ingredients, each a flag of ``archlab train``: SGD (Nesterov) or AdamW without w
 biases; a per-step cosine schedule with linear warm-up (Loshchilov & Hutter 2016, "SGDR", arXiv:1608.03983;
 Goyal et al. 2017, arXiv:1706.02677); label smoothing (Szegedy et al. 2015, arXiv:1512.00567); stochastic depth
 (Huang et al. 2016, arXiv:1603.09382, via ``create_model(drop_path_rate=...)``); an exponential moving average of
-the weights; bf16/fp16 autocast; gradient-norm clipping.
+the weights; bf16/fp16 autocast; gradient-norm clipping; gradient checkpointing (:mod:`archlab.checkpointing`).
 
 Exactness: every piece of state the next step reads is in the checkpoint (see :mod:`archlab.train.checkpoint`),
 and the data a step sees is a function of (seed, epoch, step) (see :mod:`archlab.train.data`). A run resumed
@@ -61,6 +61,7 @@ class TrainConfig:
     workers: int = 0
     clip_grad: float | None = None
     device: str | None = None
+    grad_checkpointing: bool = False  # recompute each block in backward: less memory, same results
 
 
 class TrainingDiverged(RuntimeError):
@@ -241,6 +242,8 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
     seed_everything(cfg.seed)
     bundle = build_data(cfg.data, lambda kind: training_preprocessing(kind, cfg.model, cfg.input_size))
     model = create_model(cfg.model, num_classes=bundle.num_classes, drop_path_rate=cfg.drop_path).to(device)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     ema = ModelEma(model, cfg.ema) if cfg.ema else None
