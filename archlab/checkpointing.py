@@ -4,6 +4,9 @@ Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost" (arXiv:1604.06
 2017, "Memory-Efficient Implementation of DenseNets" (arXiv:1707.06990). A checkpointed block keeps only its input
 during the forward pass and runs again during the backward pass to rebuild what its backward needs, so training
 holds one tensor per block instead of every intermediate one, for roughly one more forward pass of compute.
+Measured on CPU (one training step, batch 8, 224x224, peak rise of the process RSS): ResNet-50 796 -> 526 MiB,
+EfficientNet-B0 801 -> 572 MiB; what autograd saves outside the blocks falls from 1092 to 270 MiB and from 694 to
+40 MiB (the rest of the peak is the backward pass's own working memory and the block inputs).
 
 The blocks are the units :func:`archlab.models.base.block_names` finds (a residual block of ResNet, an inverted residual of MobileNet,
 a dense layer of DenseNet, a conv layer of VGG). Training is unchanged, not approximately but exactly: the rerun
