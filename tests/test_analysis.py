@@ -520,3 +520,23 @@ def test_erf_command_bad_input(capsys, argv, message) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_summary_time_rows_add_up_to_the_forward_pass(capsys) -> None:
+    from archlab.analysis.summary import with_times
+
+    s = with_times(summarize("mobilenet_v2", 64, depth=1))
+    assert [r.name for r in s.rows] == ["features", "avgpool", "classifier", "(other)"]
+    assert all(r.time_ms is not None and r.time_ms >= 0 for r in s.rows)
+    # Rows do not nest and (other) is the rest, so the row times make up the whole pass.
+    assert sum(r.time_ms for r in s.rows) == pytest.approx(s.time_ms, rel=0.05)
+    assert sum(r.time_share for r in s.rows) == pytest.approx(1.0, rel=0.05)
+    assert s.rows[0].time_share > 0.5  # the convolutions, not the head, take the time
+    assert s.macs == summarize("mobilenet_v2", 64, depth=1).macs  # timing leaves the counts alone
+    assert main(["summary", "vgg11", "--input", "32", "--depth", "1", "--time", "--csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("time_ms,time_share") and len(lines) == 5
+    assert main(["summary", "vgg11", "--input", "32", "--time"]) == 0
+    assert "% time" in capsys.readouterr().out
+    assert main(["summary", "vgg11", "--input", "2048", "--time"]) == 2
+    assert "1024 or less" in capsys.readouterr().err
