@@ -131,7 +131,7 @@ def to_markdown(rows: list[Row]) -> str:
 
 
 def write_outputs(rows: list[Row], out: Path) -> list[Path]:
-    """Markdown, CSV and JSON tables and the two plots; returns the files written."""
+    """Markdown, CSV and JSON tables, the accuracy plots and the design-patterns plot; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     dicts = [r.to_dict() for r in rows]
     md, cs, js = out / "compare.md", out / "compare.csv", out / "compare.json"
@@ -147,6 +147,11 @@ def write_outputs(rows: list[Row], out: Path) -> list[Path]:
     written.append(plot_accuracy_vs(rows, "macs", out / "top1_vs_macs.png"))
     if any(r.latency_ms for r in rows):
         written.append(plot_accuracy_vs(rows, "latency_ms", out / "top1_vs_latency.png"))
+    from archlab.analysis.trace import stage_trace
+    from archlab.plots import plot_stage_traces
+
+    # The seed's three design patterns for the same models: resolution, channels, receptive field per stage.
+    written.append(plot_stage_traces([stage_trace(r.name) for r in rows], out / "design_patterns.png"))
     return written
 
 
@@ -175,7 +180,7 @@ def print_table(rows: list[Row]) -> None:
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", help=f"models to compare (default: {', '.join(DEFAULT_MODELS)})")
-    p.add_argument("--out", type=Path, help="write compare.md/.csv/.json and two PNG plots to this folder")
+    p.add_argument("--out", type=Path, help="write compare.md/.csv/.json and the PNG plots to this folder")
     p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

@@ -49,7 +49,7 @@ def test_cli_writes_tables_and_plots(tmp_path, capsys) -> None:
     assert main(["compare", "resnet18", "mobilenet_v3_small", "--no-bench", "--out", str(out), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in printed] == ["resnet18", "mobilenet_v3_small"]
-    for f in ("compare.md", "compare.csv", "compare.json", "top1_vs_macs.png"):
+    for f in ("compare.md", "compare.csv", "compare.json", "top1_vs_macs.png", "design_patterns.png"):
         assert (out / f).stat().st_size > 0, f
     assert (out / "top1_vs_macs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "top1_vs_latency.png").exists()  # no latency measured, no latency plot
