@@ -135,8 +135,6 @@ def add_trace_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from archlab.analysis.trace import stage_trace
 
     plot = _plot_path(args.plot)
@@ -195,8 +193,6 @@ def add_erf_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_erf(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from archlab.analysis.effective_rf import effective_receptive_field
     from archlab.registry import model_card
 
@@ -236,5 +232,5 @@ def run_erf(args: argparse.Namespace) -> int:
     out = console()
     out.print(table)
     if plot is not None:
-        out.print(f"plot written to {Path(plot)}")
+        out.print(f"plot written to {plot}")
     return 0

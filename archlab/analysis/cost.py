@@ -39,6 +39,11 @@ def separable_reduction(c_out: int, k: int) -> float:
     return 1 / c_out + 1 / k**2
 
 
+def output_size(size: int, k: int, stride: int = 1) -> int:
+    """Output height (= width) of a k x k convolution with padding k//2 on a ``size`` x ``size`` input."""
+    return (size + 2 * (k // 2) - k) // stride + 1
+
+
 def counted_macs(c_in: int, c_out: int, k: int, size: int, stride: int = 1, groups: int = 1) -> int:
     """Multiply-adds of a real ``nn.Conv2d`` (padding k//2) on a ``size`` x ``size`` input, counted by
     :func:`archlab.analysis.profile` on the meta device: the check that the formulas describe real layers."""
@@ -73,7 +78,7 @@ def cost_rows(c_in: int, c_out: int, k: int, size: int, stride: int = 1, groups:
     formula and as counted on a real layer, and cost relative to the standard conv."""
     if k % 2 == 0:
         raise ValueError(f"--kernel must be odd (padding k//2 keeps the size), got {k}")
-    out = (size + 2 * (k // 2) - k) // stride + 1
+    out = output_size(size, k, stride)
     standard = conv_cost(out, out, c_in, c_out, k)
     rows = [dict(layer=f"standard {k}x{k}", params=c_in * c_out * k * k, macs=standard,
                  counted=counted_macs(c_in, c_out, k, size, stride))]
@@ -97,7 +102,7 @@ def run_cost(args: argparse.Namespace) -> int:
     from archlab.cli import console, print_json
 
     rows = cost_rows(args.cin, args.cout, args.kernel, args.size, args.stride, args.groups)
-    out = (args.size + 2 * (args.kernel // 2) - args.kernel) // args.stride + 1
+    out = output_size(args.size, args.kernel, args.stride)
     formula = separable_reduction(args.cout, args.kernel)
     if args.json:
         print_json(dict(c_in=args.cin, c_out=args.cout, kernel=args.kernel, input=args.size, output=out,

@@ -23,13 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def _owner(name: str, rows: set[str]) -> str | None:
-    while name:
-        if name in rows:
-            return name
-        name = name.rsplit(".", 1)[0] if "." in name else ""
-    return None
+from archlab.analysis.summary import owning_row
 
 
 def layer_times(
@@ -71,9 +65,9 @@ def layer_times(
         name = names[module]
         elapsed = time.perf_counter() - starts[name].pop()
         active.pop()
-        owner = _owner(name, row_set)
+        owner = owning_row(name, row_set)
         # Count only the outermost running module of each row: nested calls are inside its time already.
-        if owner is not None and not any(_owner(a, row_set) == owner for a in active):
+        if owner is not None and not any(owning_row(a, row_set) == owner for a in active):
             inclusive[owner] += elapsed
 
     handles = []

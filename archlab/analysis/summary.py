@@ -75,7 +75,7 @@ def _frontier(started: list[str], depth: int) -> list[str]:
     return [n for n in ran if n and (_depth(n) == depth or (_depth(n) < depth and n not in parents))]
 
 
-def _owner(name: str, rows: set[str]) -> str | None:
+def owning_row(name: str, rows: set[str]) -> str | None:
     """The row a module's ops are counted in: itself or its nearest ancestor that is a row."""
     while name:
         if name in rows:
@@ -112,7 +112,7 @@ def summarize(
         tallies: dict[str, Tally] = {n: Tally() for n in names}
         row_set = set(names)
         for module_name, tally in counter.by_module.items():
-            owner = _owner(module_name, row_set)
+            owner = owning_row(module_name, row_set)
             if owner is not None:
                 tallies[owner].add(tally)
         total = counter.total

@@ -86,7 +86,6 @@ def block_names(model: nn.Module) -> list[str]:
     return found
 
 
-
 def check_num_classes(num_classes: int, allow_zero: bool = False) -> None:
     lowest = 0 if allow_zero else 1
     if not isinstance(num_classes, int) or num_classes < lowest:
