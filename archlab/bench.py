@@ -272,6 +272,17 @@ def summarize(c: Contender, batch: int) -> dict[str, Any]:
                 channels_last=c.channels_last, fused=c.fused)
 
 
+def paired_ratio(theirs: Contender, ours: Contender) -> tuple[float, float, float]:
+    """Speed ratio ours/theirs from interleaved steps: per repeat, theirs_ms / ours_ms of the two steps of that
+    repeat; the median and quartiles over the repeats. Pairing cancels load that drifts during a run, which a
+    ratio of two medians does not."""
+    ratios = [t / o for t, o in zip(theirs.times_ms, ours.times_ms)]
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    q1, mid, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return mid, q1, q3
+
+
 def geometric_mean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 

@@ -33,7 +33,16 @@ from pathlib import Path
 import torch
 
 import archlab
-from archlab.bench import Contender, Settings, bench_row, build_ours, build_reference, geometric_mean, reference_for
+from archlab.bench import (
+    Contender,
+    Settings,
+    bench_row,
+    build_ours,
+    build_reference,
+    geometric_mean,
+    paired_ratio,
+    reference_for,
+)
 
 # One or two models per family keep the default run to a few minutes on one core.
 DEFAULT_MODELS = ["alexnet", "vgg11_bn", "resnet50", "resnext50_32x4d", "densenet121", "mobilenet_v1",
@@ -48,15 +57,6 @@ def log(msg: str) -> None:
 
 def median(c: Contender) -> float:
     return statistics.median(c.times_ms)
-
-
-def paired(theirs: Contender, ours: Contender) -> tuple[float, float, float]:
-    """Speed ratio ours/theirs from the interleaved steps: per repeat, theirs_ms / ours_ms of the two steps run
-    back to back; the median and quartiles over the repeats. Pairing cancels load that drifts during a run, which
-    a ratio of two medians does not."""
-    ratios = [t / o for t, o in zip(theirs.times_ms, ours.times_ms)]
-    q1, mid, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-    return mid, q1, q3
 
 
 def cell(r: tuple[float, float, float]) -> str:
@@ -85,7 +85,7 @@ def part_a(models: list[str], settings: Settings, batch: int, size: int) -> tupl
         for source in ("torchvision", "timm"):
             if source in refs:
                 theirs = by_label[refs[source]]
-                ratio = paired(theirs, cs[0])  # ours/theirs speed, median [quartiles] over paired steps
+                ratio = paired_ratio(theirs, cs[0])  # ours/theirs speed, median [quartiles] over paired steps
                 ratios[(family, source)].append(ratio[0])
                 cells.append((f"{median(theirs):.1f} ({refs[source].split(':')[1]})", cell(ratio)))
             else:
@@ -129,12 +129,12 @@ def part_b(models: list[str], settings: Settings, batch: int, size: int,
                                 fused=True, is_ours=True, compiled=True))
         bench_row(cs, batch, settings, size, measure_memory=False)
         ours, eager, cl = (median(c) for c in cs[:3])
-        vs_eager, vs_cl = paired(cs[1], cs[0]), paired(cs[2], cs[0])
+        vs_eager, vs_cl = paired_ratio(cs[1], cs[0]), paired_ratio(cs[2], cs[0])
         ratios["vs_eager"].append(vs_eager[0])
         ratios["vs_channels_last"].append(vs_cl[0])
         line = f"| {name} | {ours:.1f} | {eager:.1f} | {cl:.1f} | {cell(vs_eager)} | {cell(vs_cl)} |"
         if with_compile:
-            comp_eager, comp_cl = paired(cs[1], cs[3]), paired(cs[2], cs[3])
+            comp_eager, comp_cl = paired_ratio(cs[1], cs[3]), paired_ratio(cs[2], cs[3])
             ratios["compiled_vs_eager"].append(comp_eager[0])
             ratios["compiled_vs_channels_last"].append(comp_cl[0])
             line += f" {median(cs[3]):.1f} | {cell(comp_eager)} | {cell(comp_cl)} |"

@@ -28,7 +28,15 @@ from pathlib import Path
 
 import torch
 
-from archlab.bench import Contender, Settings, bench_row, build_ours, build_reference, reference_for
+from archlab.bench import (
+    Contender,
+    Settings,
+    bench_row,
+    build_ours,
+    build_reference,
+    paired_ratio,
+    reference_for,
+)
 
 MODELS = ["resnet50", "efficientnet_b0", "mobilenet_v2"]
 RESULTS = Path(__file__).parent / "results" / "gpu_figures.md"
@@ -40,11 +48,6 @@ def log(msg: str) -> None:
 
 def images_per_s(c: Contender, batch: int) -> float:
     return batch * 1e3 / statistics.median(c.times_ms)
-
-
-def paired_ratio(theirs: Contender, ours: Contender) -> float:
-    """Median over repeats of theirs_ms / ours_ms for the two steps of the same repeat (> 1: ours faster)."""
-    return statistics.median(t / o for t, o in zip(theirs.times_ms, ours.times_ms))
 
 
 def training(models: list[str], settings: Settings, batch: int, size: int) -> list[str]:
@@ -60,7 +63,7 @@ def training(models: list[str], settings: Settings, batch: int, size: int) -> li
         bench_row(cs, batch, settings, size)
         ours, theirs = cs
         lines.append(f"| {name} | {images_per_s(ours, batch):,.0f} | {images_per_s(theirs, batch):,.0f} "
-                     f"| {paired_ratio(theirs, ours):.3f} | {_mib(ours.peak_bytes)} | {_mib(theirs.peak_bytes)} |")
+                     f"| {paired_ratio(theirs, ours)[0]:.3f} | {_mib(ours.peak_bytes)} | {_mib(theirs.peak_bytes)} |")
     return lines
 
 
@@ -80,7 +83,7 @@ def inference(models: list[str], settings: Settings, batch: int, size: int) -> l
         ours, fused, tv_c, timm_c = cs
         lines.append(f"| {name} | {images_per_s(ours, batch):,.0f} | {images_per_s(fused, batch):,.0f} "
                      f"| {images_per_s(tv_c, batch):,.0f} | {images_per_s(timm_c, batch):,.0f} "
-                     f"| {paired_ratio(tv_c, ours):.3f} | {paired_ratio(tv_c, fused):.3f} |")
+                     f"| {paired_ratio(tv_c, ours)[0]:.3f} | {paired_ratio(tv_c, fused)[0]:.3f} |")
     return lines
 
 

@@ -17,6 +17,7 @@ from archlab.bench import (
     build_ours,
     build_reference,
     geometric_mean,
+    paired_ratio,
     reference_for,
     summarize,
 )
@@ -183,3 +184,14 @@ def test_gpu_figures_script_runs_and_records_its_command(tmp_path):
     text = out.read_text()
     assert "--models mobilenet_v2" in text and "### Training" in text and "### Inference, batch 2" in text
     assert text.count("| mobilenet_v2 |") == 2
+
+
+def test_paired_ratio_pairs_the_steps_of_each_repeat():
+    # A slow patch hitting both sides of repeats 3 and 4 alike leaves every paired ratio at 2.
+    ours = Contender("ours", lambda: None, times_ms=[10, 10, 50, 50, 10])
+    theirs = Contender("theirs", lambda: None, times_ms=[20, 20, 100, 100, 20])
+    assert paired_ratio(theirs, ours) == (2.0, 2.0, 2.0)
+    ours.times_ms, theirs.times_ms = [10, 10, 10, 10, 10], [9, 10, 11, 12, 13]
+    assert paired_ratio(theirs, ours) == pytest.approx((1.1, 1.0, 1.2))
+    assert paired_ratio(Contender("t", lambda: None, times_ms=[3]), Contender("o", lambda: None, times_ms=[2])) \
+        == (1.5, 1.5, 1.5)
