@@ -46,3 +46,17 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> None:
                 if m.affine:
                     m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
                     m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def positive(model: nn.Module) -> nn.Module:
+    """All weights 1/fan-in, no bias, average instead of max pooling: every path carries a positive gradient, so
+    the input-gradient footprint of one output unit is exactly its receptive field (clipped to the image)."""
+    for name, m in list(model.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(m, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+        if isinstance(m, nn.Conv2d):
+            nn.init.constant_(m.weight, 1.0 / m.weight[0].numel())
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model.eval()

@@ -25,6 +25,7 @@ from archlab.analysis.receptive_field import ReceptiveFieldTracker
 from archlab.cli import main
 from archlab.layers import SqueezeExcite
 from archlab.models.vgg import VGG
+from helpers import positive
 
 REGISTERED = set(archlab.list_models())
 
@@ -193,20 +194,6 @@ def test_depthwise_separable_cost_and_reduction() -> None:
 
 
 # ----------------------------------------------------------------------------------------- receptive fields
-
-
-def positive(model: nn.Module) -> nn.Module:
-    """All weights 1/fan-in, no bias, average instead of max pooling: every path carries a positive gradient, so
-    the input-gradient footprint of one output unit is exactly its receptive field (clipped to the image)."""
-    for name, m in list(model.named_modules()):
-        for child_name, child in list(m.named_children()):
-            if isinstance(child, nn.MaxPool2d):
-                setattr(m, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
-        if isinstance(m, nn.Conv2d):
-            nn.init.constant_(m.weight, 1.0 / m.weight[0].numel())
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return model.eval()
 
 
 def footprint(model: nn.Module, size: int, unit: int) -> tuple[tuple[int, float], tuple[int, float]]:
@@ -448,76 +435,6 @@ def test_cost_command_formula_equals_counted_for_every_variant(capsys) -> None:
 ])
 def test_cost_command_bad_input_is_one_line_exit_2(capsys, argv, message) -> None:
     assert main(["cost", *argv]) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
-
-
-# ------------------------------------------------------------------------------------ effective receptive field
-
-
-def test_centred_square_holding() -> None:
-    from archlab.analysis.effective_rf import centred_square_holding
-
-    delta = torch.zeros(9, 9)
-    delta[4, 4] = 1.0
-    assert centred_square_holding(delta, 0.95) == 1
-    flat = torch.ones(9, 9)
-    assert centred_square_holding(flat, 1.0) == 9
-    assert centred_square_holding(flat, 25 / 81) == 5  # the 5x5 square holds exactly 25/81
-    off_centre = torch.zeros(9, 9)
-    off_centre[1:4, 5:8] = 1.0  # a 3x3 patch away from the map centre: found around its own centre of mass
-    assert centred_square_holding(off_centre, 1.0) == 3
-
-
-def test_effective_field_of_a_linear_positive_network_is_the_theoretical_field() -> None:
-    # No non-linearity and positive weights: every pixel of the theoretical field reaches the unit, so the square
-    # holding all of the gradient is the theoretical field — an independent check of both computations.
-    from archlab.analysis.effective_rf import effective_receptive_field
-
-    model = positive(archlab.create_model("vgg11"))
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(parent, child_name, nn.Identity())
-    erf = effective_receptive_field(model, 64, mass=1.0, samples=1)
-    # VGG-11 (config A) by hand: conv 3; pool, conv: 8; pool, conv, conv: 26; pool, conv, conv: 62; then > 64
-    assert [s.theoretical for s in erf.stages] == [3, 8, 26, 62, 64, 64]  # clipped to the 64-pixel image
-    assert [s.effective for s in erf.stages] == [s.theoretical for s in erf.stages]
-
-
-def test_effective_field_is_a_fraction_of_the_theoretical_one() -> None:
-    # Luo et al. 2016: the gradient concentrates in the middle, so 95% of it fits well inside the window.
-    from archlab.analysis.effective_rf import effective_receptive_field
-
-    erf = effective_receptive_field("cifar_plain56", samples=2)
-    assert all(s.effective <= s.theoretical for s in erf.stages)
-    first = erf.stages[0]
-    assert first.theoretical == 32 and first.effective < 0.8 * first.theoretical
-    loose = effective_receptive_field("cifar_plain56", samples=2, mass=0.5)
-    assert all(a.effective <= b.effective for a, b in zip(loose.stages, erf.stages))
-
-
-def test_erf_command(capsys, tmp_path) -> None:
-    png = tmp_path / "erf.png"
-    assert main(["erf", "cifar_resnet20", "--samples", "1", "--plot", str(png), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["name"] == "cifar_resnet20" and out["mass"] == 0.95
-    assert [s["stage"] for s in out["stages"]] == ["stage0", "stage1", "stage2"]
-    assert all(0 < s["effective"] <= s["theoretical"] for s in out["stages"])
-    assert png.read_bytes()[:4] == b"\x89PNG"
-    assert main(["erf", "cifar_resnet20", "--samples", "1"]) == 0
-    assert "area used" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["erf", "vgg11", "--mass", "0"], "must be in (0, 1]"),
-    (["erf", "vgg11", "--input", "8"], "minimum"),
-    (["erf", "vgg11", "--input", "4096"], "use 1024 or less"),
-    (["erf", "vgg11", "--plot", "/no/such/dir/e.png"], "does not exist"),
-    (["erf", "resnet5O"], "did you mean"),
-])
-def test_erf_command_bad_input(capsys, argv, message) -> None:
-    assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 
