@@ -4,14 +4,15 @@ Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost" (arXiv:1604.06
 2017, "Memory-Efficient Implementation of DenseNets" (arXiv:1707.06990). A checkpointed block keeps only its input
 during the forward pass and runs again during the backward pass to rebuild what its backward needs, so training
 holds one tensor per block instead of every intermediate one, for roughly one more forward pass of compute.
-Measured on CPU (one training step, batch 8, 224x224, peak rise of the process RSS): ResNet-50 796 -> 526 MiB,
-EfficientNet-B0 801 -> 572 MiB; what autograd saves outside the blocks falls from 1092 to 270 MiB and from 694 to
-40 MiB (the rest of the peak is the backward pass's own working memory and the block inputs).
+Measured with ``benchmarks/grad_checkpointing.py`` (one training step, batch 8, 224x224, peak rise of the process
+RSS, two runs on a shared CPU): ResNet-50 796-812 -> 526-544 MiB, EfficientNet-B0 771-801 -> 572-666 MiB, for a
+step 1.2-1.7x as long.
 
-The blocks are the units :func:`archlab.models.base.block_names` finds (a residual block of ResNet, an inverted residual of MobileNet,
-a dense layer of DenseNet, a conv layer of VGG). Training is unchanged, not approximately but exactly: the rerun
-replays the same random numbers (dropout, drop-path), and BatchNorm's running statistics are frozen while a block
-reruns, so that they see each batch once — a plain ``torch.utils.checkpoint`` would update them twice.
+The blocks are the units :func:`archlab.models.base.block_names` finds (a residual block of ResNet, an inverted
+residual of MobileNet, a dense layer of DenseNet, a conv layer of VGG). Training is unchanged, not approximately but
+exactly: the rerun replays the same random numbers (dropout, drop-path), and BatchNorm's running statistics are
+frozen while a block reruns, so that they see each batch once — a plain ``torch.utils.checkpoint`` would update them
+twice.
 
 Enable with ``model.set_grad_checkpointing()`` on any archlab model or ``archlab train --grad-checkpointing``. It
 acts only in training mode with gradients enabled; evaluation and inference run the blocks as usual.

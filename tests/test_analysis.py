@@ -413,6 +413,19 @@ def test_summary_effective_padding_of_the_resnet_stem() -> None:
         (11, 11), (4, 4), (5, 5))
 
 
+def test_macs_vs_time_benchmark(capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "macs_vs_time.py"
+    spec = importlib.util.spec_from_file_location("macs_vs_time", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["mobilenet_v3_small"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[0] == "mobilenet_v3_small" and 0 < float(row[2]) < float(row[4]) <= 100  # depthwise MACs within convs
+
+
 def test_cost_command_formula_equals_counted_for_every_variant(capsys) -> None:
     # ResNeXt's 3x3 at stage 2 (256 -> 256 at 56x56, 32 groups) and a strided MobileNet-style layer.
     for argv in (["--cin", "256", "--cout", "256", "--size", "56", "--groups", "32"],
