@@ -166,9 +166,12 @@ def add_card_arguments(p: argparse.ArgumentParser) -> None:
 def run_card(args: argparse.Namespace) -> int:
     from archlab.registry import model_card
 
+    from archlab.pretrained import pretrained_weights
+
     card = model_card(args.name)
+    weights = pretrained_weights(args.name)
     if args.json:
-        print_json(card.to_dict())
+        print_json({**card.to_dict(), "pretrained": [w.to_dict() for w in weights]})
         return 0
     from rich.table import Table
 
@@ -191,6 +194,12 @@ def run_card(args: argparse.Namespace) -> int:
         ("matches", card.reference or "- (no library implements it)"),
         ("preprocessing", f"{card.interpolation}, crop {card.crop_pct:.3f}, mean {card.mean}, std {card.std}"),
     ]
+    for w in weights:
+        prep = w.preprocessing
+        scored = f"top-1 {w.top1:.2f}%, " if w.top1 is not None else ""
+        rows.append((f"pretrained={w.tag!r}" if not w.default else f"pretrained=True ({w.tag})",
+                     f"{w.source}, {scored}evaluated at {prep.input_size} (resize {round(prep.input_size / prep.crop_pct)}, "
+                     f"{prep.interpolation})"))
     if card.notes:
         rows.append(("notes", card.notes))
     for key, value in rows:

@@ -132,15 +132,21 @@ def create_model(
     drop_rate: float | None = None,
     drop_path_rate: float = 0.0,
     features_only: bool = False,
+    pretrained: bool | str = False,
     **overrides: Any,
 ) -> nn.Module:
-    """Build a registered model with random weights.
+    """Build a registered model, with random weights or the reference implementation's released ones.
 
     ``drop_rate`` is the classifier dropout (``None``: the published default of the family, e.g. 0.5 for VGG,
     0.2–0.5 for EfficientNet); ``drop_path_rate`` the stochastic-depth rate (rising linearly with depth where
     the family does so). ``features_only=True`` returns a module whose forward gives the per-stage feature
     maps (see :class:`archlab.models.base.FeatureExtractor`). Other ``overrides`` go to the family builder
     (``width_mult``, ``output_stride``, ``phi`` ...).
+
+    ``pretrained=True`` loads the released ImageNet weights behind the card's top-1 (a tag such as
+    ``"IMAGENET1K_V2"`` picks another release; see :func:`archlab.pretrained.pretrained_weights`), downloading
+    them once. With another ``num_classes`` the classifier is replaced by a new one (fine-tuning); every other
+    weight is the released one. The weights are in ``model.pretrained_weights`` (their preprocessing included).
     """
     entry = _entry(name)
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -157,9 +163,20 @@ def create_model(
     if drop_rate is not None:
         kwargs["drop_rate"] = drop_rate
     _check_overrides(name, entry.builder, kwargs)
+    if pretrained is not False:
+        from archlab.pretrained import load_pretrained, resolve_pretrained
+
+        weights = resolve_pretrained(name, pretrained)
+        if in_chans != 3:
+            raise ValueError(f"pretrained weights take 3-channel (RGB) input, got in_chans={in_chans}")
+        kwargs["num_classes"] = entry.card.num_classes
     model = entry.builder(**kwargs)
     model.card = entry.card
     model.min_input_size = entry.card.min_input_size
+    if pretrained is not False:
+        load_pretrained(model, weights)
+        if num_classes != entry.card.num_classes:
+            model.reset_classifier(num_classes)
     if features_only:
         from archlab.models.base import FeatureExtractor
 

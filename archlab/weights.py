@@ -150,9 +150,11 @@ def load_reference_weights(
     """Load a torchvision, timm or archlab checkpoint into an archlab model, strictly.
 
     ``state_dict_or_path`` is a state dict or a file (``.safetensors`` or a torch checkpoint, read with
-    ``weights_only=True``); ``source`` says where it comes from ('torchvision', 'timm' or 'archlab'). A timm
-    checkpoint is first translated by the model's ``timm_key_map`` where it has one. Any missing, unexpected or
-    wrongly shaped key is reported by name in one :class:`WeightsError`. Returns the model.
+    ``weights_only=True``); ``source`` says where it comes from ('torchvision', 'timm' or 'archlab'). The
+    checkpoint is first translated by the model's ``{source}_key_map`` where it has one (``timm_key_map``: timm's
+    names for a torchvision architecture; ``torchvision_key_map``: the legacy names in torchvision's released
+    DenseNet files). Any missing, unexpected or wrongly shaped key is then reported by name in one
+    :class:`WeightsError`. Returns the model.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -160,11 +162,11 @@ def load_reference_weights(
         state_dict = read_state_dict(state_dict_or_path)
     else:
         state_dict = unwrap_state_dict(state_dict_or_path)
-    key_map = getattr(model, "timm_key_map", None)
-    if source == "timm" and key_map is not None:
+    key_map = getattr(model, f"{source}_key_map", None)
+    if key_map is not None:
         state_dict = key_map.translate(model, state_dict)
     check_state_dict(model, state_dict, source)
     model.load_state_dict(state_dict, strict=False)
-    if source == "timm" and key_map is not None:
+    if key_map is not None:
         key_map.adopt_norm_settings(model)
     return model

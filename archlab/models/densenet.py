@@ -20,6 +20,7 @@ from torch import nn
 from archlab.layers import init_weights
 from archlab.models.base import ArchNet, linear_or_identity
 from archlab.registry import ModelCard, register
+from archlab.weights import KeyMap
 
 BN_SIZE = 4  # the 1x1 bottleneck has BN_SIZE * growth_rate channels ("B" in DenseNet-BC)
 COMPRESSION = 0.5  # a transition keeps this fraction of the channels ("C" in DenseNet-BC)
@@ -39,6 +40,9 @@ DENSENET_CONFIGS: dict[str, DenseNetConfig] = {
     "densenet201": DenseNetConfig(32, (6, 12, 48, 32), 64),
 }
 # timm's densenet121..201 use torchvision's names and BN settings, so their checkpoints load with no timm_key_map.
+# torchvision's released DenseNet files predate its module names: a dense layer's parameters are stored as
+# 'norm.1', 'conv.2' ... where the modules are norm1, conv2 (torchvision renames them when it loads its own files).
+TORCHVISION_KEY_MAP = KeyMap(rules=[(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.", r"\1\2.")])
 
 
 class DenseLayer(nn.Module):
@@ -91,6 +95,8 @@ class Transition(nn.Sequential):
 
 class DenseNet(ArchNet):
     """DenseNet-BC from a config row: 7x7 stem, four dense blocks joined by transitions, BN-ReLU, pool, FC."""
+
+    torchvision_key_map = TORCHVISION_KEY_MAP
 
     def __init__(
         self,

@@ -69,6 +69,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=nonneg_int, metavar="N", help="data-loading processes per rank")
     p.add_argument("--clip-grad", type=_float_in(0, inf, lo_open=True), metavar="NORM", help="clip grad norm")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--pretrained", nargs="?", const=True, metavar="TAG",
+                   help="start from the released ImageNet weights (a TAG from `archlab card` picks another "
+                        "release); the classifier is new where the data has other classes")
     p.add_argument("--grad-checkpointing", action="store_true", default=None,
                    help="recompute each block during backward: less activation memory, identical results")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
@@ -193,8 +196,12 @@ def _cuda_available() -> bool:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name (see `archlab list`)")
-    p.add_argument("--weights", required=True, metavar="FILE",
-                   help="archlab checkpoint, .safetensors, or a torchvision/timm state-dict file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--weights", metavar="FILE",
+                       help="archlab checkpoint, .safetensors, or a torchvision/timm state-dict file")
+    which.add_argument("--pretrained", nargs="?", const=True, metavar="TAG",
+                       help="the released ImageNet weights (downloaded once; a TAG from `archlab card` picks "
+                            "another release), evaluated with their own preprocessing")
     p.add_argument("--data", required=True, metavar="SPEC",
                    help="'digits' (its val split), a CIFAR folder (test split), an ImageFolder root (val/)")
     p.add_argument("--batch-size", type=positive_int, default=128, metavar="B")
@@ -223,7 +230,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
         try:
             result = evaluate_weights(args.model, args.weights, args.data, args.batch_size, args.source,
-                                      args.workers, args.device, args.num_classes, progress=track)
+                                      args.workers, args.device, args.num_classes, progress=track,
+                                      pretrained=args.pretrained)
         except DataError as exc:
             raise CLIError(f"archlab eval: {_clean_data_error(exc)}") from None
     if args.json:

@@ -64,7 +64,7 @@ def evaluate(
 
 def evaluate_weights(
     model_name: str,
-    weights: str,
+    weights: str | None,
     data: str,
     batch_size: int = 128,
     source: str = "archlab",
@@ -72,8 +72,11 @@ def evaluate_weights(
     device: str | None = None,
     num_classes: int | None = None,
     progress: Callable[[int], Callable[[int], None]] | None = None,
+    pretrained: bool | str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``weights`` (an archlab checkpoint, safetensors, or a torchvision/timm file) on ``data``.
+    """Evaluate ``weights`` (an archlab checkpoint, safetensors, or a torchvision/timm file) on ``data``;
+    or, with ``pretrained`` (True or a tag) instead of ``weights``, the released ImageNet weights
+    (:mod:`archlab.pretrained`) with the preprocessing they were published with.
 
     Preprocessing is the model card's (resize to input_size/crop_pct, centre crop, card mean/std); for a
     checkpoint written by ``archlab train`` it is the preprocessing the run validated with, which it records.
@@ -82,20 +85,30 @@ def evaluate_weights(
     """
     from archlab.registry import create_model, model_card
     from archlab.train.checkpoint import FORMAT
-    from archlab.train.data import Preprocessing, build_data, make_eval_loader
+    from archlab.train.data import DataError, Preprocessing, build_data, make_eval_loader
     from archlab.weights import load_reference_weights, read_state_dict
 
     card = model_card(model_name)
+    if pretrained:
+        from archlab.pretrained import fetch, resolve_pretrained
+
+        released = resolve_pretrained(model_name, pretrained)
+        weights, source = str(fetch(released)), released.source
     path = Path(weights).expanduser()
     state_dict = read_state_dict(path)
     run_config = _run_config(path, FORMAT)
     if run_config and run_config.get("model") != model_name:
         run_config = None  # another architecture's run: the key check below names what does not fit
-    card_prep = Preprocessing.from_card(card)
     recorded = run_config.get("preprocessing") if run_config else None
-    prep = Preprocessing.from_dict(recorded) if recorded else card_prep
+    if pretrained:
+        prep = released.preprocessing
+    else:
+        prep = Preprocessing.from_dict(recorded) if recorded else Preprocessing.from_card(card)
     bundle = build_data(data, lambda kind: prep, with_train=False)
     classes = num_classes or (run_config or {}).get("num_classes") or bundle.num_classes
+    if pretrained and classes != card.num_classes:
+        raise DataError(f"the released {model_name} weights classify {card.num_classes} classes; "
+                        f"{data} has {classes}")
     model = create_model(model_name, num_classes=int(classes))
     load_reference_weights(model, state_dict, source=source)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -104,6 +117,7 @@ def evaluate_weights(
     on_batch = progress(len(bundle.val)) if progress else None
     metrics = evaluate(model, loader, dev, on_batch=on_batch)
     return {"model": model_name, "weights": str(path), "source": source, "data": data,
+            "pretrained": released.tag if pretrained else None,
             "preprocessing": prep.to_dict(), **metrics}
 
 

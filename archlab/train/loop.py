@@ -31,7 +31,8 @@ from torch import nn
 from archlab.train.checkpoint import capture_rng, restore_rng, save_checkpoint, seed_everything, state_digest
 from archlab.train.data import CIFAR_MEAN, CIFAR_STD, DIGITS_MEAN, DIGITS_STD, Preprocessing, build_data
 from archlab.train.data import make_eval_loader, make_train_loader
-from archlab.train.distributed import DistContext, all_reduce_sum, broadcast_buffers, gather_objects, wrap_model
+from archlab.train.distributed import DistContext, all_reduce_sum, barrier, broadcast_buffers, gather_objects
+from archlab.train.distributed import wrap_model
 from archlab.train.evaluate import autocast, evaluate
 from archlab.train.runlog import plot_curves, write_config, write_metrics
 
@@ -62,6 +63,7 @@ class TrainConfig:
     clip_grad: float | None = None
     device: str | None = None
     grad_checkpointing: bool = False  # recompute each block in backward: less memory, same results
+    pretrained: bool | str | None = None  # start from the released ImageNet weights (True or a tag): fine-tuning
 
 
 class TrainingDiverged(RuntimeError):
@@ -241,7 +243,15 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
     per_rank_batch = cfg.batch_size // ctx.world_size
     seed_everything(cfg.seed)
     bundle = build_data(cfg.data, lambda kind: training_preprocessing(kind, cfg.model, cfg.input_size))
-    model = create_model(cfg.model, num_classes=bundle.num_classes, drop_path_rate=cfg.drop_path).to(device)
+    pretrained = cfg.pretrained if resume is None else False  # a resumed run's checkpoint holds every weight
+    if pretrained:
+        from archlab.pretrained import fetch, resolve_pretrained
+
+        if ctx.is_main:  # one download; the other ranks read the cached file
+            fetch(resolve_pretrained(cfg.model, pretrained))
+        barrier(ctx)
+    model = create_model(cfg.model, num_classes=bundle.num_classes, drop_path_rate=cfg.drop_path,
+                         pretrained=pretrained or False).to(device)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
