@@ -6,6 +6,7 @@ Family modules call :func:`register` once per variant (a row of their variant ta
 
 from __future__ import annotations
 
+import ast
 import difflib
 import fnmatch
 import inspect
@@ -182,3 +183,29 @@ def create_model(
 
         return FeatureExtractor(model)
     return model
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split a model spec into its registered name and builder overrides: ``"resnet50"`` -> ``("resnet50", {})``,
+    ``"resnet50:output_stride=8"`` -> ``("resnet50", {"output_stride": 8})``. Values are Python literals
+    (``8``, ``0.5``, ``True``), anything else a string; several overrides are separated by commas."""
+    name, colon, rest = spec.partition(":")
+    _entry(name)  # an unknown name fails here, with suggestions
+    overrides: dict[str, Any] = {}
+    for item in rest.split(",") if colon else ():
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not key.isidentifier():
+            raise ValueError(f"model spec {spec!r}: expected NAME or NAME:key=value[,key=value...], got {item!r}")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return name, overrides
+
+
+def create_from_spec(spec: str, **kwargs: Any) -> nn.Module:
+    """:func:`create_model` from a model spec (:func:`parse_model_spec`), e.g. ``"mobilenet_v2:width_mult=0.5"``;
+    the spec's overrides win over ``kwargs``."""
+    name, overrides = parse_model_spec(spec)
+    return create_model(name, **{**kwargs, **overrides})
+

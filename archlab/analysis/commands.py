@@ -10,6 +10,9 @@ import torch
 
 from archlab.cli import CLIError, console, positive_int, print_json
 
+SPEC_HELP = ("a registered model name (see `archlab list`), or NAME:key=value[,key=value...] to change its "
+             "builder's arguments, e.g. resnet50:output_stride=8 or mobilenet_v2:width_mult=0.5")
+
 
 def _count(n: float) -> str:
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
@@ -56,7 +59,7 @@ def _draw(plotter, data, plot) -> None:
 
 
 def add_summary_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="registered model name (see `archlab list`)")
+    p.add_argument("name", help=SPEC_HELP)
     p.add_argument("--input", type=positive_int, default=None, metavar="N",
                    help="square input size (default: the model card's)")
     p.add_argument("--depth", type=int, default=2, metavar="N", help="module nesting depth of the rows (default 2)")
@@ -126,7 +129,7 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def add_trace_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("names", nargs="+", metavar="NAME", help="registered model names (see `archlab list`)")
+    p.add_argument("names", nargs="+", metavar="NAME", help=SPEC_HELP + "; several are traced side by side")
     p.add_argument("--input", type=positive_int, default=None, metavar="N",
                    help="square input size (default: each model card's)")
     p.add_argument("--plot", default=None, metavar="FILE.png",
@@ -180,7 +183,7 @@ def _fraction(text: str) -> float:
 
 
 def add_erf_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="registered model name (see `archlab list`)")
+    p.add_argument("name", help=SPEC_HELP)
     p.add_argument("--input", type=positive_int, default=None, metavar="N",
                    help="square input size (default: the model card's)")
     p.add_argument("--mass", type=_fraction, default=0.95,
@@ -194,10 +197,10 @@ def add_erf_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_erf(args: argparse.Namespace) -> int:
     from archlab.analysis.effective_rf import effective_receptive_field
-    from archlab.registry import model_card
+    from archlab.registry import model_card, parse_model_spec
 
     plot = _plot_path(args.plot)
-    size = args.input or model_card(args.name).input_size
+    size = args.input or model_card(parse_model_spec(args.name)[0]).input_size
     if size > 1024:
         raise CLIError(f"--input {size}: the effective receptive field runs real forward and backward passes; "
                        "use 1024 or less")

@@ -106,7 +106,7 @@ def effective_receptive_field(
     ``on_sample(i)`` is called after each random input's forward and backward passes (for a progress bar)."""
     from archlab.analysis.trace import stage_trace
     from archlab.models.base import FeatureExtractor
-    from archlab.registry import create_model, model_card
+    from archlab.registry import create_from_spec, model_card, parse_model_spec
 
     if not 0.0 < mass <= 1.0:
         raise ValueError(f"mass must be in (0, 1], got {mass}")
@@ -114,10 +114,10 @@ def effective_receptive_field(
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
     if isinstance(model_or_name, str):
         name = model_or_name
-        size = input_size or model_card(name).input_size
+        size = input_size or model_card(parse_model_spec(name)[0]).input_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = create_model(name)
+            model = create_from_spec(name)
     else:
         model = model_or_name
         card = getattr(model, "card", None)

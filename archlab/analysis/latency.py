@@ -36,10 +36,11 @@ def layer_times(
 ) -> tuple[dict[str, float], float]:
     """Median milliseconds per row (module names, as in a :class:`~archlab.analysis.summary.Summary`) and of the
     whole forward pass. Rows must not nest."""
-    from archlab.registry import create_model, model_card
+    from archlab.registry import create_from_spec, model_card, parse_model_spec
 
     if isinstance(model_or_name, str):
-        model = create_model(model_or_name, num_classes=model_card(model_or_name).num_classes)
+        num_classes = model_card(parse_model_spec(model_or_name)[0]).num_classes
+        model = create_from_spec(model_or_name, num_classes=num_classes)
     else:
         model = model_or_name
     was_training = model.training

@@ -117,17 +117,18 @@ class MetaFastPath(TorchDispatchMode):
 def on_meta(model_or_name: nn.Module | str) -> Iterator[tuple[nn.Module, str]]:
     """Yield the model on the meta device and its name; the caller's model is left as it was.
 
-    A name is built straight on the meta device. A module already on meta is used as is (its train/eval flags are
+    A name, or a model spec with overrides (``"resnet50:output_stride=8"``, see
+    :func:`archlab.registry.parse_model_spec`), is built straight on the meta device. A module already on meta is used as is (its train/eval flags are
     restored afterwards). Any other module is deep-copied with its parameters and buffers replaced by meta tensors
     first, so the weights themselves are never copied.
     """
     if isinstance(model_or_name, str):
-        from archlab.registry import create_model, model_card
+        from archlab.registry import create_from_spec, model_card, parse_model_spec
 
         # Built with the class count its published figures refer to (10 for the CIFAR networks).
-        num_classes = model_card(model_or_name).num_classes
+        num_classes = model_card(parse_model_spec(model_or_name)[0]).num_classes
         with torch.device("meta"), MetaFastPath():  # MetaFastPath skips the (meaningless) weight init
-            model = create_model(model_or_name, num_classes=num_classes)
+            model = create_from_spec(model_or_name, num_classes=num_classes)
         yield model, model_or_name
         return
     if not isinstance(model_or_name, nn.Module):
