@@ -197,6 +197,7 @@ def check_onnx(model: nn.Module, path: str, input_size: int, batch: int = 2, rep
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()  # same threads as PyTorch, for a fair latency
+    opts.log_severity_level = 3  # errors only: failures reach the caller as exceptions
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     x = torch.randn(batch, model.in_chans if hasattr(model, "in_chans") else 3, input_size, input_size)
     with torch.inference_mode():
@@ -239,6 +240,8 @@ def run_export(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.name} needs --input >= {card.min_input_size}, got {size}")
     if args.repeats < 1:
         raise CLIError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.opset < 7:
+        raise CLIError(f"--opset {args.opset}: onnxruntime, which checks the export, runs opset 7 and above")
     parent = os.path.dirname(os.path.abspath(args.onnx))
     if not os.path.isdir(parent):
         raise CLIError(f"cannot write {args.onnx}: directory {parent} does not exist")
@@ -250,7 +253,13 @@ def run_export(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - an unsupported op, an opset too old ...: say which, exit 2
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CLIError(f"cannot export {args.name} to ONNX: {first}") from exc
-    diff, scale, ort_ms, torch_ms = check_onnx(model, args.onnx, size, repeats=args.repeats)
+    try:
+        diff, scale, ort_ms, torch_ms = check_onnx(model, args.onnx, size, repeats=args.repeats)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime refuses the graph (an opset it cannot run ...)
+        os.remove(args.onnx)  # an export that does not run is no export
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise CLIError(f"onnxruntime cannot run {args.name} exported at opset {args.opset} (file removed): "
+                       f"{first}") from None
     tolerance = onnx_tolerance(scale)
     ok = diff <= tolerance
     result = dict(model=args.name, onnx=args.onnx, input=size, fused=args.fused, opset=args.opset,

@@ -14,6 +14,7 @@ With no network, put the file at the path the error message names.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -126,20 +127,39 @@ def resolve_pretrained(name: str, tag: bool | str = True) -> PretrainedWeights:
 def fetch(weights: PretrainedWeights, progress: bool = True) -> Path:
     """The local file of ``weights``, downloaded into the torch.hub cache the first time."""
     path = weights.cache_path
+    match = re.search(r"-([a-f0-9]{6,})\.", weights.filename)  # torchvision's names end in a SHA-256 prefix
+    expected = match.group(1) if match else None
     if path.is_file():
+        _check_hash(path, expected)  # also a file the user put there by hand
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    match = re.search(r"-([a-f0-9]{6,})\.", weights.filename)  # torchvision's names end in a SHA-256 prefix
     try:
-        torch.hub.download_url_to_file(weights.url, os.fspath(path), match.group(1) if match else None,
-                                       progress=progress)
+        torch.hub.download_url_to_file(weights.url, os.fspath(path), expected, progress=progress)
     except Exception as exc:  # noqa: BLE001 - no network, HTTP error, hash mismatch: say which, and the way out
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
             f"cannot download the {weights.model} {weights.tag} weights from {weights.url} ({reason}); "
             f"with no network, put that file at {path}"
         ) from None
+    _VERIFIED.add((os.fspath(path), path.stat().st_mtime))  # torch.hub checked the hash while downloading
     return path
+
+
+_VERIFIED: set[tuple[str, float]] = set()  # (path, mtime) already hashed in this process
+
+
+def _check_hash(path: Path, expected: str | None) -> None:
+    key = (os.fspath(path), path.stat().st_mtime)
+    if expected is None or key in _VERIFIED:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(expected):
+        raise WeightsError(f"{path} is not the released file: its SHA-256 starts {digest.hexdigest()[:len(expected)]}, "
+                           f"the release's {expected}; delete it to download it again")
+    _VERIFIED.add(key)
 
 
 def load_pretrained(model: nn.Module, weights: PretrainedWeights, progress: bool = True) -> nn.Module:

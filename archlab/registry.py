@@ -11,6 +11,7 @@ import difflib
 import fnmatch
 import inspect
 import re
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -100,14 +101,33 @@ def _entry(name: str) -> _Entry:
         raise UnknownModelError(f"unknown model {name!r}{hint}") from None
 
 
+def _accepted_arguments(fn: Callable[..., Any]) -> set[str] | None:
+    """Keyword arguments ``fn`` takes; through ``**kwargs`` into the class its return annotation names (a family
+    builder passing the rest on to its model class). None where that cannot be told."""
+    params = inspect.signature(fn).parameters
+    names = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return names
+    try:
+        returned = typing.get_type_hints(fn).get("return")
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: no check rather than a wrong one
+        return None
+    inner = _accepted_arguments(returned.__init__) if isinstance(returned, type) else None
+    if inner is None:
+        return None
+    # The class's required arguments (a stage table ...) are the builder's to supply, not the user's.
+    required = {n for n, p in inspect.signature(returned.__init__).parameters.items() if p.default is p.empty}
+    return names | (inner - required)
+
+
 def _check_overrides(name: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
     """Reject an override the family does not take, naming it and the ones it does take."""
-    params = inspect.signature(builder).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    accepted = _accepted_arguments(builder)
+    if accepted is None:
         return
-    unknown = sorted(set(kwargs) - set(params))
+    unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        known = ", ".join(sorted(p for p in params if p not in {"num_classes", "in_chans", "drop_path_rate"}))
+        known = ", ".join(sorted(accepted - {"num_classes", "in_chans", "drop_path_rate", "variant"}))
         raise ValueError(f"{name} does not take {', '.join(unknown)}; it takes: {known}")
 
 
@@ -150,14 +170,17 @@ def create_model(
     weight is the released one. The weights are in ``model.pretrained_weights`` (their preprocessing included).
     """
     entry = _entry(name)
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    if not isinstance(in_chans, int) or in_chans < 1:
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be an integer >= 1, got {in_chans!r}")
     if drop_rate is not None and not 0.0 <= drop_rate < 1.0:
         raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    if not isinstance(features_only, bool):
+        raise ValueError(f"features_only must be True or False, got {features_only!r}")
+    pretrained = False if pretrained is None else pretrained
     kwargs = dict(entry.card.default_kwargs)
     kwargs.update(overrides)
     kwargs.update(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate)
@@ -185,6 +208,9 @@ def create_model(
     return model
 
 
+_WORDS = {"true": True, "false": False, "none": None}  # spec values, in any case
+
+
 def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split a model spec into its registered name and builder overrides: ``"resnet50"`` -> ``("resnet50", {})``,
     ``"resnet50:output_stride=8"`` -> ``("resnet50", {"output_stride": 8})``. Values are Python literals
@@ -196,6 +222,11 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key, equals, value = (part.strip() for part in item.partition("="))
         if not equals or not key.isidentifier():
             raise ValueError(f"model spec {spec!r}: expected NAME or NAME:key=value[,key=value...], got {item!r}")
+        if key in overrides:
+            raise ValueError(f"model spec {spec!r}: {key} given twice")
+        if value.lower() in _WORDS:
+            overrides[key] = _WORDS[value.lower()]
+            continue
         try:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -205,7 +236,10 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 def create_from_spec(spec: str, **kwargs: Any) -> nn.Module:
     """:func:`create_model` from a model spec (:func:`parse_model_spec`), e.g. ``"mobilenet_v2:width_mult=0.5"``;
-    the spec's overrides win over ``kwargs``."""
+    the spec's overrides win over ``kwargs``. A value of the wrong type is a ValueError naming the spec."""
     name, overrides = parse_model_spec(spec)
-    return create_model(name, **{**kwargs, **overrides})
+    try:
+        return create_model(name, **{**kwargs, **overrides})
+    except TypeError as exc:  # e.g. width_mult=abc reaching arithmetic: the spec is what the user can fix
+        raise ValueError(f"model spec {spec!r}: {exc}") from None
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -95,7 +96,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing: we say why
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"{path}: refused: the file holds objects other than tensors, and loading it could execute code "
@@ -158,6 +161,11 @@ def load_reference_weights(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    from archlab.models.base import FeatureExtractor
+
+    if isinstance(model, FeatureExtractor):  # features_only=True: the weights are the wrapped model's
+        load_reference_weights(model.model, state_dict_or_path, source)
+        return model
     if isinstance(state_dict_or_path, (str, os.PathLike)):
         state_dict = read_state_dict(state_dict_or_path)
     else:

@@ -166,6 +166,7 @@ def test_export_prints_check_and_latency(tmp_path, capsys):
         (["export", "densenet121", "--onnx", "x.onnx", "--input", "16"], "--input >= 29"),
         (["export", "resnet18", "--onnx", "/no/such/dir/x.onnx"], "does not exist"),
         (["export", "resnet18"], "--onnx"),
+        (["export", "resnet18", "--onnx", "x.onnx", "--opset", "6"], "opset 7 and above"),
     ],
 )
 def test_export_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, message):

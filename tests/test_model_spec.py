@@ -52,9 +52,15 @@ def test_cli_takes_specs_and_refuses_bad_ones_in_one_line(capsys) -> None:
     assert main(["summary", "mobilenet_v2:width_mult=0.5", "--depth", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"] == count_params(
         archlab.create_model("mobilenet_v2", width_mult=0.5))
+    assert main(["summary", "resnet50:se=FALSE", "--depth", "1", "--json"]) == 0  # true/false in any case
+    assert json.loads(capsys.readouterr().out)["params"] == count_params(archlab.create_model("resnet50"))
     for argv, expected in ((["trace", "resnet50:output_strde=8"], "does not take output_strde"),
                            (["summary", "resnet50:output_stride"], "expected NAME"),
-                           (["erf", "resnet50:output_stride=7"], "output_stride must be one of")):
+                           (["erf", "resnet50:output_stride=7"], "output_stride must be one of"),
+                           (["trace", "mobilenet_v2:width_mult=abc"], "mobilenet_v2:width_mult=abc"),
+                           (["summary", "vgg11:output_stride=16"], "vgg11 does not take output_stride"),
+                           (["erf", "efficientnet_b0:bogus=1"], "does not take bogus"),
+                           (["trace", "resnet50:output_stride=8,output_stride=16"], "output_stride given twice")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err

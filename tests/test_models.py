@@ -148,11 +148,40 @@ def test_unknown_name_suggests_closest() -> None:
         (dict(drop_rate=1.5), "drop_rate"),
         (dict(drop_path_rate=1.0), "drop_path_rate"),
         (dict(no_such_option=1), "no_such_option"),
+        (dict(num_classes=True), "num_classes"),
+        (dict(se="false"), "se must be True or False"),  # a truthy string would build an SE network
+        (dict(features_only="yes"), "features_only"),
     ],
 )
 def test_bad_overrides(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         archlab.create_model("resnet18", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [  # families whose builder passes its arguments on to the model class: checked all the same
+        ("vgg11", dict(bogus=1), "vgg11 does not take bogus; it takes: batch_norm, depth, drop_rate"),
+        ("mobilenet_v3_large", dict(output_stride=16), "does not take output_stride"),
+        ("efficientnet_b0", dict(phi=1), "does not take phi"),
+        ("densenet121", dict(variant="x"), "unknown DenseNet variant 'x'"),
+        ("mobilenet_v3_small", dict(variant="tiny"), "unknown MobileNetV3 variant 'tiny'"),
+    ],
+)
+def test_bad_overrides_of_every_family_are_value_errors(name: str, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        archlab.create_model(name, **kwargs)
+
+
+def test_features_only_model_loads_the_reference_checkpoint() -> None:
+    import torchvision
+
+    ref = torchvision.models.resnet18().eval()
+    feats = archlab.load_reference_weights(archlab.create_model("resnet18", features_only=True), ref.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(feats.eval()(x)[-1], ref.layer4(ref.layer3(ref.layer2(ref.layer1(
+            ref.maxpool(ref.relu(ref.bn1(ref.conv1(x)))))))))
 
 
 def test_list_models_pattern() -> None:

@@ -175,3 +175,18 @@ def test_train_pretrained_starts_from_the_released_weights(hub, tmp_path, capsys
     ref = build_reference(archlab.model_card("resnet18")).state_dict()
     assert trained["fc.weight"].shape == (10, 512)  # digits: a new 10-class classifier
     torch.testing.assert_close(trained["layer4.1.conv2.weight"], ref["layer4.1.conv2.weight"], rtol=0, atol=1e-9)
+
+
+def test_a_file_put_in_the_cache_by_hand_must_be_the_released_one(tmp_path) -> None:
+    old_dir = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        w = resolve_pretrained("resnet18")
+        w.cache_path.parent.mkdir(parents=True)
+        torch.save(build_reference(archlab.model_card("resnet18")).state_dict(), w.cache_path)
+        with pytest.raises(WeightsError, match="not the released file"):
+            archlab.create_model("resnet18", pretrained=True)
+    finally:
+        torch.hub.set_dir(old_dir)
+    assert archlab.create_model("resnet18", pretrained=None).fc.out_features == 1000  # None: no weights
+

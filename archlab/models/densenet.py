@@ -160,6 +160,8 @@ class DenseNet(ArchNet):
 def densenet(
     variant: str, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.0
 ) -> DenseNet:
+    if variant not in DENSENET_CONFIGS:
+        raise ValueError(f"unknown DenseNet variant {variant!r}; one of {', '.join(DENSENET_CONFIGS)}")
     return DenseNet(DENSENET_CONFIGS[variant], num_classes, in_chans, drop_rate, drop_path_rate)
 
 

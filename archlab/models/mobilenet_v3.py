@@ -196,6 +196,8 @@ class MobileNetV3(PooledClassifierNet):
         init_weights(self)
 
 def mobilenet_v3(variant: str, width_mult: float = 1.0, **kwargs) -> MobileNetV3:
+    if variant not in MOBILENET_V3_VARIANTS:
+        raise ValueError(f"unknown MobileNetV3 variant {variant!r}; one of {', '.join(MOBILENET_V3_VARIANTS)}")
     blocks, last_channels = MOBILENET_V3_VARIANTS[variant]
     return MobileNetV3(blocks, last_channels, width_mult=width_mult, **kwargs)
 

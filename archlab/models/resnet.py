@@ -148,7 +148,7 @@ class ResNet(ArchNet):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        block_cls = _check_config(block, repeats, groups, base_width, output_stride)
+        block_cls = _check_config(block, repeats, groups, base_width, output_stride, se)
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.conv1 = nn.Conv2d(in_chans, STEM_WIDTH, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(STEM_WIDTH)
@@ -209,8 +209,10 @@ class ResNet(ArchNet):
 
 
 def _check_config(
-    block: str, repeats: tuple[int, ...], groups: int, base_width: int, output_stride: int
+    block: str, repeats: tuple[int, ...], groups: int, base_width: int, output_stride: int, se: bool
 ) -> type[BasicBlock] | type[Bottleneck]:
+    if not isinstance(se, bool):  # "false" would be truthy: an SE network built by mistake
+        raise ValueError(f"se must be True or False, got {se!r}")
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
     if len(repeats) != len(RESNET_STAGES) or not all(isinstance(n, int) and n >= 1 for n in repeats):
