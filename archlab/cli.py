@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 def positive_ints(text: str) -> list[int]:
     """Parse '1,8,32' into [1, 8, 32], every value >= 1."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
@@ -86,7 +86,10 @@ def console(stderr: bool = False):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from archlab import __version__
+
     parser = _Parser(prog="archlab", description="Build, measure, scale and compare convolutional networks.")
+    parser.add_argument("--version", action="version", version=f"archlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
@@ -137,7 +140,7 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table = Table(title=f"{len(cards)} models", header_style="bold")
+    table = Table(title=f"{len(cards)} model{'s' if len(cards) != 1 else ''}", header_style="bold")
     for col, justify in (("name", "left"), ("family", "left"), ("year", "right"), ("params", "right"),
                          ("MACs", "right"), ("top-1", "right"), ("res", "right")):
         table.add_column(col, justify=justify)

@@ -132,8 +132,11 @@ def _check_overrides(name: str, builder: Callable[..., nn.Module], kwargs: dict[
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching an fnmatch ``pattern`` ('resnet*', '*_bn'), sorted naturally."""
+    """Registered model names matching an fnmatch ``pattern`` ('resnet*', '*_bn'; any case), sorted naturally."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a string such as 'resnet*', got {pattern!r}")
     _ensure_loaded()
+    pattern = pattern.lower()  # every registered name is lower case
 
     def natural(s: str) -> list[Any]:
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]

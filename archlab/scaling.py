@@ -43,9 +43,10 @@ class CompoundScaling:
     flops_ratio: float  # constraint ** phi: expected FLOPs relative to the baseline
 
 
-def _check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+def _check_coefficient(name: str, value: float) -> None:
+    # The paper's constraint: alpha, beta, gamma >= 1 (a multiplier that does not shrink the network).
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ValueError(f"{name} must be a finite number >= 1, got {value!r}")
 
 
 def compound(
@@ -64,7 +65,7 @@ def compound(
     if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not math.isfinite(phi) or phi < 0:
         raise ValueError(f"phi (the compound coefficient) must be a finite number >= 0, got {phi!r}")
     for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        _check_positive(name, value)
+        _check_coefficient(name, value)
     if isinstance(base_resolution, bool) or not isinstance(base_resolution, int) or base_resolution < 1:
         raise ValueError(f"base_resolution must be an integer >= 1, got {base_resolution!r}")
     exact = base_resolution * gamma**phi

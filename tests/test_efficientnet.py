@@ -158,7 +158,7 @@ def test_fractional_phi_builds_and_runs() -> None:
         ("efficientnet_b3", dict(width_mult=-1.2), "width_mult must be a finite number > 0"),
         ("efficientnet_b0", dict(depth_mult=0.0), "depth_mult must be a finite number > 0"),
         ("efficientnet", dict(phi=-0.5), r"phi \(the compound coefficient\) must be a finite number >= 0"),
-        ("efficientnet", dict(phi=1, alpha=-1.2), "alpha must be a finite number > 0"),
+        ("efficientnet", dict(phi=1, alpha=-1.2), "alpha must be a finite number >= 1"),
         ("efficientnet_b0", dict(drop_path_rate=1.0), r"drop_path_rate must be in \[0, 1\)"),
         ("efficientnet", dict(drop_path_rate=-0.1), r"drop_path_rate must be in \[0, 1\)"),
     ],

@@ -188,3 +188,9 @@ def test_list_models_pattern() -> None:
     assert archlab.list_models("vgg1[16]") == ["vgg11", "vgg16"]
     assert archlab.list_models("no-such-*") == []
     assert "vgg16_bn" in archlab.list_models("*_bn")
+
+
+def test_list_models_ignores_case_and_refuses_a_non_string() -> None:
+    assert archlab.list_models("RESNET50") == ["resnet50"]
+    with pytest.raises(TypeError, match="pattern must be a string"):
+        archlab.list_models(5)

@@ -154,7 +154,10 @@ def run_trace(args: argparse.Namespace) -> int:
     out = console()
     for t in traces:
         h, w = t.input_size
-        table = Table(title=f"{t.name} at {h}x{w}", header_style="bold")
+        table = Table(title=f"{t.name} at {h}x{w}", header_style="bold",
+                      caption="blocks: units holding a conv that finish in the stage (residual/dense/inverted blocks, "
+                              "and the stem, transition or head conv that falls there); stride: cumulative; "
+                              "RF: receptive field (+: global context through SE/pooling)")
         for col, justify in (("stage", "left"), ("module", "left"), ("resolution", "right"), ("channels", "right"),
                              ("blocks", "right"), ("stride", "right"), ("RF", "right")):
             table.add_column(col, justify=justify)

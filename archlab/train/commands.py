@@ -181,7 +181,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         ema = f" (EMA {result['val_acc_ema']:.2f}%)" if result.get("val_acc_ema") is not None else ""
         console().print(f"[bold]{cfg.model}[/]: val top-1 {result['val_acc']:.2f}%{ema} after "
-                         f"{result['epochs']} epochs in {result['seconds']:.0f}s; run folder {result['run_dir']}")
+                         f"{result['epochs']} epoch{'s' if result['epochs'] != 1 else ''} in {result['seconds']:.0f}s; run folder {result['run_dir']}")
     return 0
 
 
