@@ -11,6 +11,7 @@ from torch import nn
 
 import archlab
 from archlab.analysis.effective_rf import centred_square_holding, effective_receptive_field
+from archlab.analysis.trace import stage_trace
 from archlab.cli import main
 from helpers import positive
 
@@ -74,3 +75,17 @@ def test_erf_command_bad_input(capsys, argv, message) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_squeeze_excitation_reaches_past_the_local_field() -> None:
+    # MobileNetV3's SE blocks pool the whole feature map: a stage output after one depends on every input pixel, so
+    # its gradient is non-zero outside the local (theoretical) field, and the stage is marked as trace marks it.
+    erf = effective_receptive_field("mobilenet_v3_small", input_size=96, samples=1)
+    trace = stage_trace("mobilenet_v3_small", 96)
+    assert [s.global_context for s in erf.stages] == [s.global_context for s in trace.stages[1:-1]]
+    first = next(s for s in erf.stages if s.global_context and s.theoretical < 96 - 8)
+    g = torch.tensor(first.gradient)
+    lo = (96 - first.theoretical) // 2 - 1
+    outside = g.clone()
+    outside[lo:lo + first.theoretical + 2, lo:lo + first.theoretical + 2] = 0
+    assert outside.max() > 0

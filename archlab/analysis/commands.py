@@ -227,14 +227,15 @@ def run_erf(args: argparse.Namespace) -> int:
 
     table = Table(title=f"{erf.name} at {size}x{size}: effective receptive field ({100 * erf.mass:g}% of the input "
                         f"gradient, {erf.samples} random inputs, weights as built)", header_style="bold",
-                  caption="theoretical: pixels that can reach the centre unit (clipped to the image); effective: "
-                          "side of the centred square holding the gradient mass; area: effective² / theoretical²")
+                  caption="theoretical: pixels that can reach the centre unit (clipped to the image; +: the whole "
+                          "image also reaches it through squeeze-and-excitation); effective: side of the centred "
+                          "square holding the gradient mass; area: effective² / theoretical²")
     for col, justify in (("stage", "left"), ("module", "left"), ("resolution", "right"), ("theoretical", "right"),
                          ("effective", "right"), ("area used", "right")):
         table.add_column(col, justify=justify)
     for s in erf.stages:
-        table.add_row(s.stage, s.module, f"{s.resolution[0]}x{s.resolution[1]}", str(s.theoretical),
-                      str(s.effective), f"{100 * s.fraction:.0f}%")
+        table.add_row(s.stage, s.module, f"{s.resolution[0]}x{s.resolution[1]}",
+                      f"{s.theoretical}{'+' if s.global_context else ''}", str(s.effective), f"{100 * s.fraction:.0f}%")
     out = console()
     out.print(table)
     if plot is not None:

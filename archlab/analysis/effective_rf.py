@@ -34,6 +34,9 @@ class StageERF:
     effective: int  # side of the centred square holding ``mass`` of the input gradient
     centre: tuple[float, float]  # (row, column) of the gradient's centre of mass in the input: where the unit looks
     gradient: list[list[float]] = field(repr=False, default_factory=list)  # normalised |gradient| map, for plots
+    # The unit also sees the whole image through a global pool (squeeze-and-excitation): its gradient reaches past
+    # the theoretical (local) field, so the effective field may exceed it (``fraction`` > 1).
+    global_context: bool = False
 
     @property
     def fraction(self) -> float:
@@ -145,9 +148,9 @@ def effective_receptive_field(
         peak = float(g.max())
         if peak <= 0:
             raise ValueError(f"{name}: the centre unit of {s.name} has no gradient with respect to the input")
-        # The gradient is exactly zero outside the theoretical field, so the effective one is never larger; the
-        # clip only absorbs the half-pixel of a centre of mass that falls between pixels.
-        effective = min(centred_square_holding(g, mass), theoretical)
+        # Without global context the gradient is exactly zero outside the theoretical field, so the effective one
+        # is never larger; the clip only absorbs the half-pixel of a centre of mass that falls between pixels.
+        effective = min(centred_square_holding(g, mass), size if s.global_context else theoretical)
         stages.append(StageERF(s.name, s.module, s.resolution, theoretical, effective, centre_of_mass(g),
-                               (g / peak).tolist()))
+                               (g / peak).tolist(), s.global_context))
     return EffectiveRF(name, size, mass, samples, stages)
