@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.cli import CLIError, console, nonneg_int, positive_int, positive_ints, print_json
+from archlab.cli import CLIError, console, nonneg_int, positive_int, positive_ints, print_json, transient_progress
 
 # Same architecture, another name in timm (where timm's name differs from ours).
 TIMM_EQUIVALENT: dict[str, str] = {
@@ -334,8 +334,7 @@ def _fmt_bytes(n: int | None) -> str:
 
 def run_bench(args: argparse.Namespace) -> int:
     import archlab
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     sources = _check_args(args)
     settings = Settings(device=args.device, mode=args.mode, amp=args.amp, compile=args.compile,
@@ -355,8 +354,8 @@ def run_bench(args: argparse.Namespace) -> int:
     total = sum((1 + len(refs)) * (args.warmup + args.repeats) for _, refs, _, _ in plan)
     rows: list[dict[str, Any]] = []
     # Progress on stderr, so that --json output on stdout stays clean.
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=Console(stderr=True), transient=True)
+    progress = transient_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn())
     with progress:
         task = progress.add_task("bench", total=total)
         for name, refs, batch, size in plan:

@@ -75,6 +75,16 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def transient_progress(*columns: Any, stderr: bool = True, disable: bool = False) -> Any:
+    """A rich progress bar that vanishes when done, on stderr by default (``--json`` on stdout stays clean), and
+    shown only on a terminal: in a pipe or a log a transient bar leaves nothing but an empty line behind."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    out = Console(stderr=stderr)
+    return Progress(*columns, console=out, transient=True, disable=disable or not out.is_terminal)
+
+
 def console(stderr: bool = False):
     """A rich console; when output is not a terminal, at least 160 columns, so tables are not squeezed to 80."""
     from rich.console import Console

@@ -200,18 +200,18 @@ def _check_out_dir(out: Path) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     import archlab
-    from archlab.cli import console, print_json
+    from archlab.cli import console, print_json, transient_progress
 
     names = args.models or DEFAULT_MODELS
     for name in names:
         archlab.model_card(name)
     if args.out is not None:
         _check_out_dir(args.out)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description:<34}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
-    with Progress(*columns, console=console(), transient=True, disable=args.json) as progress:
+    with transient_progress(*columns, stderr=False, disable=args.json) as progress:
         task = progress.add_task("measuring", total=len(names))
         rows = compare(names, bench=not args.no_bench,
                        on_row=lambda i, n: progress.update(task, completed=i, description=f"measuring {n}"))

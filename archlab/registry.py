@@ -217,11 +217,13 @@ _WORDS = {"true": True, "false": False, "none": None}  # spec values, in any cas
 def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split a model spec into its registered name and builder overrides: ``"resnet50"`` -> ``("resnet50", {})``,
     ``"resnet50:output_stride=8"`` -> ``("resnet50", {"output_stride": 8})``. Values are Python literals
-    (``8``, ``0.5``, ``True``), anything else a string; several overrides are separated by commas."""
+    (``8``, ``0.5``, ``True``, ``(2, 2, 2, 2)``), anything else a string; several overrides are separated by
+    commas."""
     name, colon, rest = spec.partition(":")
     _entry(name)  # an unknown name fails here, with suggestions
     overrides: dict[str, Any] = {}
-    for item in rest.split(",") if colon else ():
+    # Commas inside brackets belong to a value: resnet50:repeats=(2,2,2,2),groups=32
+    for item in re.split(r",(?![^()\[\]]*[)\]])", rest) if colon else ():
         key, equals, value = (part.strip() for part in item.partition("="))
         if not equals or not key.isidentifier():
             raise ValueError(f"model spec {spec!r}: expected NAME or NAME:key=value[,key=value...], got {item!r}")

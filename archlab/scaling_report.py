@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from archlab.cli import CLIError, console, print_json
+from archlab.cli import CLIError, console, print_json, transient_progress
 from archlab.scaling import RELEASED, compound
 
 
@@ -117,12 +117,10 @@ def run_scale(args: argparse.Namespace) -> int:
     if constraint**biggest > 1e4:  # B0 is 0.39 GMACs: beyond ~4 TMACs a single image is not a useful network
         raise CLIError(f"phi={biggest:g} with alpha*beta^2*gamma^2={constraint:.3f} asks for "
                        f"{constraint**biggest:.3g}x B0's multiply-adds; choose a smaller phi")
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     # Progress on stderr (transient), so that --json on stdout stays clean.
-    with Progress(TextColumn("counting {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
+    with transient_progress(TextColumn("counting {task.description}"), BarColumn(), MofNCompleteColumn()) as progress:
         task = progress.add_task("B0", total=len(args.phi))
         rows = scaling_table(args.phi, args.alpha, args.beta, args.gamma, released=not args.no_released,
                              on_row=lambda i, phi: progress.update(task, completed=i, description=f"phi={phi:g}"))

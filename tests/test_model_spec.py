@@ -19,6 +19,7 @@ def test_parse_model_spec() -> None:
     assert parse_model_spec("resnet50") == ("resnet50", {})
     assert parse_model_spec("efficientnet:phi=1.5, drop_rate=0") == ("efficientnet", {"phi": 1.5, "drop_rate": 0})
     assert parse_model_spec("resnet50:zero_init_last_bn=False")[1] == {"zero_init_last_bn": False}
+    assert parse_model_spec("resnet50:repeats=(2,2,2,2),groups=32")[1] == {"repeats": (2, 2, 2, 2), "groups": 32}
     for bad in ("resnet50:", "resnet50:output_stride", "resnet50:=8", "resnet50:output stride=8"):
         with pytest.raises(ValueError, match="expected NAME or NAME:key=value"):
             parse_model_spec(bad)

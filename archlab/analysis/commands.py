@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from archlab.cli import CLIError, console, positive_int, print_json
+from archlab.cli import CLIError, console, positive_int, print_json, transient_progress
 
 SPEC_HELP = ("a registered model name (see `archlab list`), or NAME:key=value[,key=value...] to change its "
              "builder's arguments, e.g. resnet50:output_stride=8 or mobilenet_v2:width_mult=0.5")
@@ -207,12 +207,11 @@ def run_erf(args: argparse.Namespace) -> int:
     if size > 1024:
         raise CLIError(f"--input {size}: the effective receptive field runs real forward and backward passes; "
                        "use 1024 or less")
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     # Progress on stderr (transient), so that --json on stdout stays clean.
-    with Progress(TextColumn(f"{args.name}: forward + backward per random input"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
+    with transient_progress(TextColumn(f"{args.name}: forward + backward per random input"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn()) as progress:
         task = progress.add_task("erf", total=args.samples)
         erf = effective_receptive_field(args.name, size, args.mass, args.samples, args.seed,
                                         on_sample=lambda done: progress.update(task, completed=done))

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from archlab.cli import CLIError, console, nonneg_int, positive_int, print_json
+from archlab.cli import CLIError, console, nonneg_int, positive_int, print_json, transient_progress
 
 # Defaults per kind of data, chosen so that `archlab train MODEL --data KIND` gives a sensible run as is.
 # digits: cifar_resnet20 reaches >97% val in a few CPU minutes; cifar: He et al. 2015 (arXiv:1512.03385) sec. 4.2
@@ -214,16 +214,15 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from archlab.registry import model_card
     from archlab.train.data import DataError
     from archlab.train.evaluate import evaluate_weights
 
     model_card(args.model)
-    progress_console = console(stderr=args.json)
-    with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console,
-                  transient=True) as progress:
+    with transient_progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            stderr=args.json) as progress:
         def track(total: int):
             task = progress.add_task("eval", total=total)
             return lambda n: progress.update(task, advance=n)
