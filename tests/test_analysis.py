@@ -337,6 +337,17 @@ def test_resnet50_stage_trace() -> None:
     assert [s.blocks for s in t.stages[2:-1]] == [3, 4, 6, 3]
 
 
+@pytest.mark.parametrize("name, blocks", [
+    ("cifar_resnet20", [3, 3, 3]),  # the stem conv is not a block
+    ("densenet121", [6, 12, 24, 16]),  # the paper's Table 1; transitions are not blocks
+    ("mobilenet_v2", [1, 2, 3, 7, 4]),  # Table 2's n, stages merged by resolution; the head 1x1 conv is not a block
+    ("efficientnet_b0", [1, 2, 2, 6, 5]),
+    ("mobilenet_v3_large", [1, 2, 3, 6, 3]),  # the 15 bnecks of Table 1
+])
+def test_stage_trace_counts_blocks_as_the_papers_do(name: str, blocks: list[int]) -> None:
+    assert [s.blocks for s in stage_trace(name).stages[1:-1]] == blocks
+
+
 def test_stage_trace_needs_feature_info() -> None:
     with pytest.raises(ValueError, match="feature_info"):
         stage_trace(grouped_net(), 32)

@@ -155,8 +155,8 @@ def run_trace(args: argparse.Namespace) -> int:
     for t in traces:
         h, w = t.input_size
         table = Table(title=f"{t.name} at {h}x{w}", header_style="bold",
-                      caption="blocks: units holding a conv that finish in the stage (residual/dense/inverted blocks, "
-                              "and the stem, transition or head conv that falls there); stride: cumulative; "
+                      caption="blocks: residual/dense/inverted blocks finishing in the stage (conv layers for "
+                              "AlexNet/VGG; stems, transitions and head convs not counted); stride: cumulative; "
                               "RF: receptive field (+: global context through SE/pooling)")
         for col, justify in (("stage", "left"), ("module", "left"), ("resolution", "right"), ("channels", "right"),
                              ("blocks", "right"), ("stride", "right"), ("RF", "right")):

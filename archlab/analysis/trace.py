@@ -4,10 +4,12 @@ Stage boundaries are the model's ``feature_info`` (the modules whose outputs are
 the input and the pooled pre-logits vector, e.g. ResNet-50: 224→112→56→28→14→7→1 and
 3→64→256→512→1024→2048.
 
-A stage's ``blocks`` counts the units that finish between the previous stage output and this one. A unit is a module
-that contains a convolution, found by descending from the model through plain containers (``nn.Sequential``,
-``nn.ModuleList``, ``nn.ModuleDict``): a residual block of ResNet, an inverted residual of MobileNet, a dense layer
-of DenseNet, a single conv of VGG (whose "blocks" are its 3x3 conv layers).
+A stage's ``blocks`` counts the blocks that finish between the previous stage output and this one, as the papers'
+tables count them. A unit is a module that contains a convolution, found by descending from the model through plain
+containers (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``); a block is a unit with more than one conv (a
+residual block of ResNet, an inverted residual of MobileNet, a dense layer of DenseNet), so single-conv stems,
+DenseNet transitions and head 1x1 convs are not counted; in a network of single convs (AlexNet, VGG) the blocks are
+its conv layers.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def stage_trace(model_or_name: nn.Module | str, input_size: int | tuple[int, int
                 raise ValueError(f"{name} cannot run on a {tuple(x.shape)} input: {exc}") from exc
             pooled_geometry = tracker.geometry_of(pooled)
 
-        units = [u for u in block_names(model) if u in finish_order]
+        units = _blocks(model, [u for u in block_names(model) if u in finish_order])
         stages = [Stage("input", "", size, x.shape[1], 0, 1, 1)]
         previous = -1
         for i, f in enumerate(info):
@@ -113,6 +115,17 @@ def stage_trace(model_or_name: nn.Module | str, input_size: int | tuple[int, int
                             _num(g.h.jump) if g else float("nan"), _num(g.h.size) if g else float("nan"),
                             g.global_context if g else False))
         return StageTrace(name, size, stages)
+
+
+def _blocks(model: nn.Module, units: list[str]) -> list[str]:
+    """The units that are blocks in the papers' sense: those with more than one conv (a residual, dense or
+    inverted-residual block), leaving out single-conv stems, transitions and head convs. In a network made of
+    single convs only (AlexNet, VGG), its "blocks" are those conv layers."""
+    def convs(unit: str) -> int:
+        return sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.get_submodule(unit).modules())
+
+    multi = [u for u in units if convs(u) > 1]
+    return multi or units
 
 
 def _num(v: float) -> float:
