@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -125,8 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("ARCHLAB_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        prefix = "" if message.startswith("archlab") else "archlab: error: "
-        print(f"{prefix}{message}", file=sys.stderr)
+        # One form for every error: "archlab: error: [COMMAND: ]what", whoever raised it (argparse names the
+        # subcommand as "archlab summary: ...").
+        command = re.match(r"archlab(?: ([a-z]+))?: ", message)
+        if command and (command.group(1) is None or command.group(1) in COMMANDS):
+            message = message[command.end():]
+            message = f"{command.group(1)}: {message}" if command.group(1) else message
+        print(f"archlab: error: {message}", file=sys.stderr)
         return 2
 
 

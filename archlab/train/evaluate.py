@@ -89,26 +89,28 @@ def evaluate_weights(
     from archlab.weights import load_reference_weights, read_state_dict
 
     card = model_card(model_name)
+    run_config = None
     if pretrained:
         from archlab.pretrained import fetch, resolve_pretrained
 
         released = resolve_pretrained(model_name, pretrained)
-        weights, source = str(fetch(released)), released.source
-    path = Path(weights).expanduser()
-    state_dict = read_state_dict(path)
-    run_config = _run_config(path, FORMAT)
-    if run_config and run_config.get("model") != model_name:
-        run_config = None  # another architecture's run: the key check below names what does not fit
-    recorded = run_config.get("preprocessing") if run_config else None
-    if pretrained:
-        prep = released.preprocessing
+        prep, source = released.preprocessing, released.source
     else:
+        path = Path(weights).expanduser()
+        state_dict = read_state_dict(path)
+        run_config = _run_config(path, FORMAT)
+        if run_config and run_config.get("model") != model_name:
+            run_config = None  # another architecture's run: the key check below names what does not fit
+        recorded = run_config.get("preprocessing") if run_config else None
         prep = Preprocessing.from_dict(recorded) if recorded else Preprocessing.from_card(card)
     bundle = build_data(data, lambda kind: prep, with_train=False)
     classes = num_classes or (run_config or {}).get("num_classes") or bundle.num_classes
-    if pretrained and classes != card.num_classes:
-        raise DataError(f"the released {model_name} weights classify {card.num_classes} classes; "
-                        f"{data} has {classes}")
+    if pretrained:
+        if classes != card.num_classes:  # checked before any download
+            raise DataError(f"the released {model_name} weights classify {card.num_classes} classes; "
+                            f"{data} has {classes}")
+        path = fetch(released)
+        state_dict = read_state_dict(path)
     model = create_model(model_name, num_classes=int(classes))
     load_reference_weights(model, state_dict, source=source)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
