@@ -21,9 +21,11 @@ import gc
 import math
 import os
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -285,6 +287,15 @@ def paired_ratio(theirs: Contender, ours: Contender) -> tuple[float, float, floa
 
 def geometric_mean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def write_report(lines: list[str], out: Path) -> None:
+    """A benchmark script's Markdown report: written to ``out`` (folders made), printed, and its path logged."""
+    text = "\n".join(lines)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    print(f"written to {out}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- archlab bench

@@ -183,9 +183,8 @@ def add_card_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_card(args: argparse.Namespace) -> int:
-    from archlab.registry import model_card
-
     from archlab.pretrained import pretrained_weights
+    from archlab.registry import model_card
 
     card = model_card(args.name)
     weights = pretrained_weights(args.name)

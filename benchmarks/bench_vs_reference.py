@@ -42,6 +42,7 @@ from archlab.bench import (
     geometric_mean,
     paired_ratio,
     reference_for,
+    write_report,
 )
 
 # One or two models per family keep the default run to a few minutes on one core.
@@ -201,11 +202,7 @@ def main() -> int:
                             f"{summary['compiled_vs_eager']:.3f} vs torchvision eager, "
                             f"{summary['compiled_vs_channels_last']:.3f} vs torchvision channels-last")
     doc += ["## Goals", "", *[f"- {v}" for v in verdicts], ""]
-    text = "\n".join(doc)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
-    log(f"written to {args.out}")
+    write_report(doc, args.out)
     return 0
 
 

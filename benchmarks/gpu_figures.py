@@ -36,6 +36,7 @@ from archlab.bench import (
     build_reference,
     paired_ratio,
     reference_for,
+    write_report,
 )
 
 MODELS = ["resnet50", "efficientnet_b0", "mobilenet_v2"]
@@ -121,11 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     doc += training(args.models, train, args.train_batch, args.input) + [""]
     infer = Settings(device=args.device, mode="infer", amp=amp, repeats=args.repeats, warmup=args.warmup)
     doc += inference(args.models, infer, args.infer_batch, args.input) + [""]
-    text = "\n".join(doc)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
-    log(f"written to {args.out}")
+    write_report(doc, args.out)
     return 0
 
 
