@@ -170,9 +170,9 @@ class _Runner:
         from archlab.deploy import fuse
 
         model = c.build()
-        if c.fused:
-            model = fuse(model)
         self.dev = torch.device(s.device)
+        if c.fused:  # on CPU with oneDNN's conv + activation / residual-add primitives
+            model = fuse(model, onednn=self.dev.type == "cpu")
         fmt = torch.channels_last if c.channels_last else torch.contiguous_format
         model = model.to(self.dev, memory_format=fmt)
         model.train(s.mode == "train")
@@ -311,7 +311,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (all contenders)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every contender (inference: with inductor freezing)")
-    p.add_argument("--fused", action="store_true", help="fold BatchNorm into convs in OUR models (infer only)")
+    p.add_argument("--fused", action="store_true", help="OUR models in inference form (infer only): BatchNorm folded into convs; on CPU each conv also "
+                        "runs with its activation / residual add as one oneDNN primitive (archlab.onednn)")
     p.add_argument("--vs", default=None, metavar="SOURCES",
                    help="also time the reference of the same architecture: torchvision, timm or torchvision,timm")
     p.add_argument("--input", type=positive_int, default=None, metavar="N", help="input N x N (default: the card's)")
@@ -401,7 +402,8 @@ def run_bench(args: argparse.Namespace) -> int:
 def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any], notes: list[str]) -> None:
     from rich.table import Table
 
-    flags = [f for f, on in (("channels-last", meta["channels_last"]), ("fused (ours only)", meta["fused"]),
+    fused = "fused (ours only" + ("; oneDNN conv+activation/add" if meta["device"] == "cpu" else "") + ")"
+    flags = [f for f, on in (("channels-last", meta["channels_last"]), (fused, meta["fused"]),
                              ("compile", meta["compile"]), (meta["amp"], meta["amp"])) if on]
     title = f"{meta['mode']} on {meta['device']} ({meta['threads']} thread(s)){', ' if flags else ''}{', '.join(flags)}"
     table = Table(title=title, header_style="bold")

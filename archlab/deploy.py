@@ -39,12 +39,14 @@ _EVAL_IDENTITY_NAMES = {"DropPath", "StochasticDepth", "DropBlock2d"}
 
 @dataclass
 class FuseSummary:
-    """What :func:`fuse` did: folded ``(conv, norm)`` module names, norms kept, and layers dropped."""
+    """What :func:`fuse` did: folded ``(conv, norm)`` module names, norms kept, layers dropped, modules fx could
+    not trace as a whole, and (``onednn=True``) the convs run with their activation / residual add fused."""
 
     folded: list[tuple[str, str]] = field(default_factory=list)
     kept_norms: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     untraced: list[str] = field(default_factory=list)
+    post_ops: list[str] = field(default_factory=list)
 
 
 class _Trunk(nn.Module):
@@ -62,6 +64,11 @@ class _Tracer(fx.Tracer):
     """fx tracer that tolerates container modules built on the fly (``self.classifier[:-1](x)`` slices a
     Sequential into a new, unregistered one): their children are registered and traced as usual."""
 
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # Modules that declare themselves leaves (archlab.onednn.FusedConv2d: control flow on the input's device,
+        # dtype and layout) are kept as one call.
+        return getattr(m, "fx_leaf", False) or super().is_leaf_module(m, module_qualified_name)
+
     def path_of_module(self, mod: nn.Module) -> str:
         try:
             return super().path_of_module(mod)
@@ -69,7 +76,7 @@ class _Tracer(fx.Tracer):
             return "<unregistered>"
 
 
-def _pairs_in_graph(graph: fx.Graph, root: nn.Module, prefix: str) -> list[tuple[str, str]]:
+def _pairs_in_graph(graph: fx.Graph, root: nn.Module) -> list[tuple[str, str]]:
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     modules = dict(root.named_modules())
     pairs = []
@@ -87,12 +94,29 @@ def _pairs_in_graph(graph: fx.Graph, root: nn.Module, prefix: str) -> list[tuple
             continue  # the raw conv output is read elsewhere, or a module is called twice: folding would change it
         if conv.out_channels != norm.num_features:
             continue
-        pairs.append((prefix + src.target, prefix + node.target))
+        pairs.append((src.target, node.target))
     return pairs
 
 
-def _find_pairs(module: nn.Module, prefix: str, summary: FuseSummary) -> list[tuple[str, str]]:
-    """Conv→BN pairs of ``module`` by tracing the largest sub-trees that torch.fx can trace."""
+@dataclass
+class TracedSubtree:
+    """A sub-tree of a model traced by torch.fx: ``graph`` of ``root``, whose module targets are the model's
+    names once ``strip`` is removed from their front and ``prefix`` put there instead."""
+
+    graph: fx.Graph
+    root: nn.Module
+    prefix: str
+    strip: str
+
+    def name(self, target: str) -> str:
+        """The model's dotted name of a module target of this graph."""
+        return self.prefix + target[len(self.strip):]
+
+
+def traced_subtrees(module: nn.Module, prefix: str = "", untraced: list[str] | None = None) -> list[TracedSubtree]:
+    """The largest sub-trees of ``module`` that torch.fx can trace, with their graphs: the whole model when it
+    traces (an ArchNet as features then head), else its children one by one, recursively. The names of modules
+    that could not be traced are appended to ``untraced``."""
     if isinstance(module, (*_CONVS, nn.modules.batchnorm._BatchNorm)) or not any(module.children()):
         return []
     is_archnet = hasattr(module, "forward_features") and hasattr(module, "forward_head")
@@ -100,12 +124,22 @@ def _find_pairs(module: nn.Module, prefix: str, summary: FuseSummary) -> list[tu
     try:
         graph = _Tracer().trace(target)
     except Exception:  # noqa: BLE001 - any tracing failure means: look one level down
-        summary.untraced.append(prefix.rstrip(".") or "<root>")
-        pairs = []
+        if untraced is not None:
+            untraced.append(prefix.rstrip(".") or "<root>")
+        found = []
         for name, child in module.named_children():
-            pairs += _find_pairs(child, f"{prefix}{name}.", summary)
-        return pairs
-    return [(prefix + c[len(strip):], prefix + b[len(strip):]) for c, b in _pairs_in_graph(graph, target, "")]
+            found += traced_subtrees(child, f"{prefix}{name}.", untraced)
+        return found
+    return [TracedSubtree(graph, target, prefix, strip)]
+
+
+def _find_pairs(module: nn.Module, summary: FuseSummary) -> list[tuple[str, str]]:
+    """Conv→BN pairs of ``module`` by tracing the largest sub-trees that torch.fx can trace."""
+    return [
+        (t.name(c), t.name(b))
+        for t in traced_subtrees(module, "", summary.untraced)
+        for c, b in _pairs_in_graph(t.graph, t.root)
+    ]
 
 
 @torch.no_grad()
@@ -131,9 +165,14 @@ def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
-def fuse(model: nn.Module) -> nn.Module:
+def fuse(model: nn.Module, onednn: bool = False) -> nn.Module:
     """An inference copy of ``model``: every BatchNorm that follows a conv folded into it, dropout and
     drop-path removed. Outputs equal ``model.eval()``'s up to float rounding; ``model`` is not modified.
+
+    ``onednn=True`` goes further for CPU inference (:mod:`archlab.onednn`): each conv is also fused with the
+    activation, or the residual add and activation, after it into one oneDNN primitive with a prepacked weight,
+    used on float32 channels-last CPU input (elsewhere the same math runs unfused); its parameters no longer
+    require grad.
 
     The copy is in eval mode and carries ``fuse_summary`` (a :class:`FuseSummary`). It is for inference only:
     training it would train the folded convs without their BatchNorms.
@@ -143,7 +182,7 @@ def fuse(model: nn.Module) -> nn.Module:
     # A module registered under two names (shared weights) must not be rewritten for one of its uses.
     seen = Counter(id(m) for _, m in fused.named_modules(remove_duplicate=False))
     pairs = [
-        (c, b) for c, b in _find_pairs(fused, "", summary)
+        (c, b) for c, b in _find_pairs(fused, summary)
         if seen[id(fused.get_submodule(c))] == 1 and seen[id(fused.get_submodule(b))] == 1
     ]
     for conv_name, norm_name in pairs:
@@ -156,6 +195,10 @@ def fuse(model: nn.Module) -> nn.Module:
         elif isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ in _EVAL_IDENTITY_NAMES:
             _replace(fused, name, nn.Identity())
             summary.dropped.append(name)
+    if onednn:
+        from archlab.onednn import fuse_conv_epilogues  # imports this module: loaded on demand
+
+        fuse_conv_epilogues(fused, summary)
     fused.fuse_summary = summary
     return fused
 

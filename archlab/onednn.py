@@ -1,0 +1,281 @@
+"""oneDNN inference form: each convolution run together with what follows it (its activation, or a residual add
+and the activation after that) as one oneDNN primitive, with weights reordered once into oneDNN's layout.
+
+Why it is faster. Once BatchNorm is folded (:func:`archlab.deploy.fuse`), a CPU forward pass is convolutions,
+plus one memory-bound pass over each conv's output per activation and per residual add. oneDNN applies those as
+*post-ops* while the conv's output tile is still in cache. And a channels-last conv in PyTorch eager reorders its
+weight into oneDNN's blocked layout on every call; a *prepacked* weight is reordered once. torch.compile's
+inductor does both on CPU (with freezing); this module does them in eager mode, module by module, so the model
+keeps its class and API (``forward_features``, ``feature_info``, ``card``) and its ``state_dict`` keys.
+
+Where it applies: float32 channels-last input on CPU, without autograd. That is oneDNN's native layout; an NCHW
+input would come back channels-last (and was measured slower on depthwise and some 1x1 convs). Everywhere else
+(another device, dtype or memory format, autograd, fx tracing, TorchScript or ONNX export, torch.compile, which
+does its own fusion), each fused conv runs the plain conv, add and activation it replaced, so the model stays
+correct everywhere. The post-ops compute the same function, so outputs equal the unfused model up to float
+rounding (tested over the registry at 1e-4).
+
+How patterns are found: on the fx dataflow graph, as for the BatchNorm fold: a conv whose output (through the
+``nn.Identity`` left by a fold) has exactly one reader, that reader being an activation module, or an ``add`` of a
+shortcut whose single reader may be an activation. Activation swaps are module swaps (conv -> :class:`FusedConv2d`
+holding the activation, activation -> ``nn.Identity``). A residual add lives in a block's ``forward`` code, so
+the block whose code performs it is re-traced and replaced by an ``fx.GraphModule`` of the same name and
+submodules in which the conv is called with the shortcut as a second input.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx, nn
+
+from archlab.deploy import FuseSummary, TracedSubtree, _replace, _Tracer, traced_subtrees
+
+# Activation module -> oneDNN eltwise post-op (name, scalars), as PyTorch's mkldnn fusion names them.
+_POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {
+    nn.ReLU: ("relu", []),
+    nn.ReLU6: ("hardtanh", [0.0, 6.0]),
+    nn.SiLU: ("swish", []),
+    nn.Hardswish: ("hardswish", []),
+    nn.Hardsigmoid: ("hardsigmoid", []),
+    nn.Sigmoid: ("sigmoid", []),
+}
+_ADDS = (operator.add, operator.iadd, torch.add)
+
+
+def available() -> bool:
+    """Whether this PyTorch build has oneDNN and its fused convolution op."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class FusedConv2d(nn.Conv2d):
+    """``act(conv(x) [+ residual])`` as one oneDNN primitive with a prepacked weight (see the module docstring for
+    where it applies; elsewhere it computes the same thing with the plain ops). Same parameters as the conv it
+    replaces; ``act`` is the original activation module (or None)."""
+
+    fx_leaf = True  # archlab's tracer keeps it as one call (its forward branches on the input's properties)
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module | None = None, residual: bool = False) -> None:
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                         conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        self.weight, self.bias = conv.weight, conv.bias  # the same Parameters: no copy, same state_dict
+        self.act = act
+        self.residual = residual
+        self.post_op, self.post_op_scalars = _POST_OPS[type(act)] if act is not None else ("none", [])
+        self._packed: dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def supports(conv: nn.Module) -> bool:
+        """Plain 2-d conv with zero padding given as numbers (not 'same', not reflect)."""
+        return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+                and not isinstance(conv, FusedConv2d))
+
+    def extra_repr(self) -> str:
+        post = " + residual" if self.residual else ""
+        return super().extra_repr() + f", post_ops=conv{post}{' -> ' + self.post_op if self.act else ''}"
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_packed"] = {}  # oneDNN tensors neither copy nor pickle; they are rebuilt on the next call
+        return state
+
+    def _out_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        spatial = [
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, p, d, k, s in zip(x.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride)
+        ]
+        return (x.shape[0], self.out_channels, *spatial)
+
+    def _use_onednn(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        if isinstance(x, fx.Proxy) or torch.jit.is_scripting() or torch.jit.is_tracing():
+            return False
+        if torch.compiler.is_compiling() or not available() or torch.is_autocast_enabled("cpu"):
+            return False  # compile fuses by itself; autocast would not cast the fused op's inputs
+        tensors = (x, self.weight) if residual is None else (x, self.weight, residual)
+        if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.layout != torch.strided for t in tensors):
+            return False
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return False  # the fused op has no backward
+        if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+            return False
+        if residual is not None and (tuple(residual.shape) != self._out_shape(x)
+                                     or not residual.is_contiguous(memory_format=torch.channels_last)):
+            return False
+        return True
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        # oneDNN picks the blocked weight layout for an input shape; repacked when the shape or the weight changes.
+        key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) >= 4:
+                self._packed.clear()
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                self.weight.detach().to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation),
+                self.groups, list(x.shape))
+            self._packed[key] = packed
+        return packed
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self._use_onednn(x, residual):
+            w, geometry = self._packed_weight(x), (list(self.padding), list(self.stride), list(self.dilation))
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, w, self.bias, *geometry, self.groups, self.post_op, self.post_op_scalars, None)
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual, w, self.bias, *geometry, self.groups, "add", None,
+                self.post_op if self.act is not None else None, self.post_op_scalars, None)
+        y = self._conv_forward(x, self.weight, self.bias)
+        if residual is not None:
+            y = y + residual
+        return self.act(y) if self.act is not None else y
+
+
+# ---------------------------------------------------------------------------------------------- pattern search
+
+
+def _after_identities(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
+    """Follow a node's single reader through ``nn.Identity`` calls (folded BatchNorms, dropped drop-paths)."""
+    while len(node.users) == 1:
+        (user,) = node.users
+        if user.op == "call_module" and isinstance(modules.get(user.target), nn.Identity):
+            node = user
+        else:
+            break
+    return node
+
+
+def _single_activation(node: fx.Node, modules: dict[str, nn.Module], calls: dict) -> fx.Node | None:
+    """The node's only reader when it is an activation module oneDNN can apply, called once, on this node only."""
+    if len(node.users) != 1:
+        return None
+    (user,) = node.users
+    if (user.op == "call_module" and type(modules.get(user.target)) in _POST_OPS and calls[user.target] == 1
+            and user.args == (node,) and not user.kwargs):
+        return user
+    return None
+
+
+def _residual_add(end: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """``(add, shortcut)`` when the conv chain's only reader adds one shortcut tensor to it."""
+    if len(end.users) != 1:
+        return None
+    (add,) = end.users
+    if add.op != "call_function" or add.target not in _ADDS or add.kwargs or len(add.args) != 2:
+        return None
+    first, second = add.args
+    # fx records `a += b` as `a + b`, but eager code writes into `a`'s tensor: when the conv output is the second
+    # operand, the fused conv returns a new tensor instead, which is the same only if nothing else reads `a`.
+    if first is end and isinstance(second, fx.Node):
+        return add, second
+    if second is end and isinstance(first, fx.Node) and len(first.users) == 1:
+        return add, first
+    return None
+
+
+def _conv_nodes(graph: fx.Graph, modules: dict[str, nn.Module]) -> tuple[list[tuple[fx.Node, nn.Conv2d]], dict]:
+    """The graph's fusable convs (each module called once, on one input), and how often each module is called."""
+    calls: dict = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    return [
+        (n, modules[n.target]) for n in graph.nodes
+        if n.op == "call_module" and FusedConv2d.supports(modules.get(n.target)) and calls[n.target] == 1
+        and len(n.args) == 1 and not n.kwargs
+    ], calls
+
+
+def _innermost_module(node: fx.Node, traced: TracedSubtree) -> str | None:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    return traced.name(next(reversed(stack)))
+
+
+# ---------------------------------------------------------------------------------------------- rewriting
+
+
+def _fuse_residuals_in(block: nn.Module) -> fx.GraphModule | None:
+    """``block`` re-traced with the residual adds of its own ``forward`` fused into the conv before them (None
+    when there are none). ``block`` itself is not modified."""
+    graph = _Tracer().trace(block)
+    modules = dict(block.named_modules())
+    convs, calls = _conv_nodes(graph, modules)
+    fusions = []
+    for node, conv in convs:
+        end = _after_identities(node, modules)
+        found = _residual_add(end)
+        if found is None:
+            continue
+        add, shortcut = found
+        if add.meta.get("nn_module_stack"):
+            continue  # performed in a child's code: that child is its own block
+        act_node = _single_activation(add, modules, calls)
+        last = act_node or add
+        with graph.inserting_before(add):
+            fused = graph.call_module(node.target, (node.args[0], shortcut))
+        last.replace_all_uses_with(fused)
+        dead = [last] + ([add] if act_node is not None else [])
+        cur = end
+        while cur is not node:
+            dead.append(cur)
+            cur = cur.args[0]
+        for n in [*dead, node]:
+            graph.erase_node(n)
+        fusions.append((node.target, act_node.target if act_node is not None else None))
+    if not fusions:
+        return None
+    graph.lint()
+    rewritten = fx.GraphModule(block, graph, class_name=type(block).__name__)
+    rewritten.train(block.training)
+    rewritten.post_ops = []
+    for conv_name, act_name in fusions:
+        act = block.get_submodule(act_name) if act_name else None
+        _replace(rewritten, conv_name, FusedConv2d(block.get_submodule(conv_name), act, residual=True))
+        rewritten.post_ops.append(f"{conv_name} + shortcut{' -> ' + act_name if act_name else ''}")
+    return rewritten
+
+
+def fuse_conv_epilogues(model: nn.Module, summary: FuseSummary | None = None) -> nn.Module:
+    """Rewrite an eval-mode (BatchNorm-folded) ``model`` in place so that every conv followed by an activation,
+    or by a residual add (and an activation), runs as one :class:`FusedConv2d`. Records each fusion in
+    ``summary.post_ops``. Returns ``model``."""
+    summary = summary if summary is not None else FuseSummary()
+    residual_blocks: set[str] = set()
+    swaps: list[tuple[str, str]] = []
+    for traced in traced_subtrees(model):
+        modules = dict(traced.root.named_modules())
+        convs, calls = _conv_nodes(traced.graph, modules)
+        for node, _ in convs:
+            end = _after_identities(node, modules)
+            act_node = _single_activation(end, modules, calls)
+            if act_node is not None:
+                swaps.append((traced.name(node.target), traced.name(act_node.target)))
+                continue
+            found = _residual_add(end)
+            owner = _innermost_module(found[0], traced) if found else None
+            if owner and traced.name(node.target).startswith(owner + "."):
+                residual_blocks.add(owner)
+    for conv_name, act_name in swaps:
+        _replace(model, conv_name, FusedConv2d(model.get_submodule(conv_name), model.get_submodule(act_name)))
+        _replace(model, act_name, nn.Identity())
+        summary.post_ops.append(f"{conv_name} -> {act_name}")
+    for name in sorted(residual_blocks):
+        try:
+            rewritten = _fuse_residuals_in(model.get_submodule(name))
+        except Exception:  # noqa: BLE001 - a block that does not trace on its own keeps its plain adds
+            continue
+        if rewritten is not None:
+            _replace(model, name, rewritten)
+            summary.post_ops += [f"{name}.{d}" for d in rewritten.post_ops]
+    for name, m in list(model.named_modules()):
+        if FusedConv2d.supports(m):  # the convs left (shortcut convs, convs before a pool ...): prepacked only
+            _replace(model, name, FusedConv2d(m))
+    for p in model.parameters():
+        p.requires_grad_(False)  # an inference form: without autograd the fused path applies outside no_grad too
+    return model
+
+
+__all__ = ["FusedConv2d", "available", "fuse_conv_epilogues"]
