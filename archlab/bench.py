@@ -65,6 +65,7 @@ class Contender:
     build: Callable[[], nn.Module]
     channels_last: bool = False
     fused: bool = False
+    onednn: bool = True  # with fused, on CPU: conv + activation / residual add as oneDNN primitives
     is_ours: bool = False
     compiled: bool = False  # torch.compile this contender even when the row's Settings.compile is off
     times_ms: list[float] = field(default_factory=list)
@@ -172,7 +173,7 @@ class _Runner:
         model = c.build()
         self.dev = torch.device(s.device)
         if c.fused:  # on CPU with oneDNN's conv + activation / residual-add primitives
-            model = fuse(model, onednn=self.dev.type == "cpu")
+            model = fuse(model, onednn=c.onednn and self.dev.type == "cpu")
         fmt = torch.channels_last if c.channels_last else torch.contiguous_format
         model = model.to(self.dev, memory_format=fmt)
         model.train(s.mode == "train")

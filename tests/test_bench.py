@@ -168,15 +168,20 @@ def test_ours_holds_the_references_weights_so_both_compute_the_same_function():
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's random stream is left alone
 
 
-def test_gpu_figures_script_runs_and_records_its_command(tmp_path):
-    # The script a GPU session runs (benchmarks/gpu_figures.py), checked on CPU with tiny settings.
+def load_script(name: str):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_figures.py"
-    spec = importlib.util.spec_from_file_location("gpu_figures", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_figures_script_runs_and_records_its_command(tmp_path):
+    # The script a GPU session runs (benchmarks/gpu_figures.py), checked on CPU with tiny settings.
+    module = load_script("gpu_figures")
     out = tmp_path / "gpu.md"
     argv = ["--device", "cpu", "--models", "mobilenet_v2", "--input", "32", "--train-batch", "2",
             "--infer-batch", "2", "--repeats", "1", "--warmup", "0", "--amp", "none", "--out", str(out)]
@@ -184,6 +189,24 @@ def test_gpu_figures_script_runs_and_records_its_command(tmp_path):
     text = out.read_text()
     assert "--models mobilenet_v2" in text and "### Training" in text and "### Inference, batch 2" in text
     assert text.count("| mobilenet_v2 |") == 2
+
+
+def test_goal_script_times_the_deployment_form_against_its_parts(tmp_path):
+    # benchmarks/bench_vs_reference.py part (b), tiny: every deployment model gets the fused+CL form, torchvision
+    # eager and CL, and the BN-fold-only form (the oneDNN step's own gain), with geometric means and verdicts.
+    out = tmp_path / "b.md"
+    threads = torch.get_num_threads()
+    try:
+        assert load_script("bench_vs_reference").main(
+            ["--skip-a", "--input", "32", "--repeats", "1", "--warmup", "0", "--threads", str(threads),
+             "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    text = out.read_text()
+    assert "oneDNN step's gain" in text and "**geometric mean**" in text
+    assert all(f"| {m} |" in text for m in ("resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large",
+                                            "efficientnet_b0"))
+    assert "goal >= 1.5 vs eager:" in text
 
 
 def test_paired_ratio_pairs_the_steps_of_each_repeat():
