@@ -202,7 +202,7 @@ def run_compare(args: argparse.Namespace) -> int:
     import archlab
     from archlab.cli import console, print_json, transient_progress
 
-    names = args.models or DEFAULT_MODELS
+    names = list(dict.fromkeys(args.models)) or DEFAULT_MODELS  # a name given twice: one row
     for name in names:
         archlab.model_card(name)
     if args.out is not None:

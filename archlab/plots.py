@@ -99,7 +99,7 @@ def plot_stage_traces(traces: Sequence[Any], path: Path) -> Path:
                 ax.axhline(size, color="grey", lw=0.8, ls=":")
             ax.text(0, max(t.input_size[0] for t in traces), " input size", fontsize=8, va="bottom", color="grey")
         ax.set_yscale("log", base=2)
-        ax.set_xlabel("stage output (0 = input, last = pooled vector)")
+        ax.set_xlabel("stage output (0 = input, last = pre-logits vector)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_title("spatial size decreases")

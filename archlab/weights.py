@@ -121,9 +121,12 @@ def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Te
     raise WeightsError(f"{where}: no state dict of tensors found")
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | None = None) -> None:
-    """Raise one :class:`WeightsError` naming every missing, unexpected and wrongly shaped key."""
-    own = model.state_dict()
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | None = None,
+                     skip: tuple[str, ...] = ()) -> None:
+    """Raise one :class:`WeightsError` naming every missing, unexpected and wrongly shaped key (keys starting with
+    a prefix in ``skip`` are left out on both sides)."""
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(skip)}
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [
@@ -149,8 +152,13 @@ def load_reference_weights(
     model: nn.Module,
     state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike[str],
     source: str = "torchvision",
+    skip_classifier: bool = False,
 ) -> nn.Module:
     """Load a torchvision, timm or archlab checkpoint into an archlab model, strictly.
+
+    ``skip_classifier=True`` loads everything but the classifier, which is re-initialized as
+    ``reset_classifier`` does: an ImageNet checkpoint into a model built with another ``num_classes``, for
+    fine-tuning.
 
     ``state_dict_or_path`` is a state dict or a file (``.safetensors`` or a torch checkpoint, read with
     ``weights_only=True``); ``source`` says where it comes from ('torchvision', 'timm' or 'archlab'). The
@@ -164,7 +172,7 @@ def load_reference_weights(
     from archlab.models.base import FeatureExtractor
 
     if isinstance(model, FeatureExtractor):  # features_only=True: the weights are the wrapped model's
-        load_reference_weights(model.model, state_dict_or_path, source)
+        load_reference_weights(model.model, state_dict_or_path, source, skip_classifier)
         return model
     if isinstance(state_dict_or_path, (str, os.PathLike)):
         state_dict = read_state_dict(state_dict_or_path)
@@ -173,8 +181,23 @@ def load_reference_weights(
     key_map = getattr(model, f"{source}_key_map", None)
     if key_map is not None:
         state_dict = key_map.translate(model, state_dict)
-    check_state_dict(model, state_dict, source)
+    skip: tuple[str, ...] = ()
+    if skip_classifier:
+        skip = _reset_classifier(model)
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(skip)}
+    check_state_dict(model, state_dict, source, skip)
     model.load_state_dict(state_dict, strict=False)
     if key_map is not None:
         key_map.adopt_norm_settings(model)
     return model
+
+
+def _reset_classifier(model: nn.Module) -> tuple[str, ...]:
+    """Re-initialize ``model``'s classifier (``reset_classifier`` at its own class count) and return the
+    state-dict prefixes of the modules that replaced: wherever a family keeps its classifier ('fc',
+    'classifier.6', ...), those are its keys."""
+    if not hasattr(model, "reset_classifier"):
+        raise ValueError(f"skip_classifier: {type(model).__name__} has no reset_classifier()")
+    before = dict(model.named_modules())
+    model.reset_classifier(model.num_classes)
+    return tuple(f"{name}." for name, m in model.named_modules() if name and before.get(name) is not m)

@@ -327,6 +327,8 @@ def test_vgg16_stage_trace() -> None:
         model = archlab.create_model("vgg16")
     assert [s.stride for s in stages] == [f["reduction"] for f in model.feature_info]
     assert [s.receptive_field for s in stages] == [5, 14, 40, 92, 196, 212]  # pool5: the textbook 212
+    # The last row is the 4096-wide output of fc7, not a pooled 512-channel map: named for what it is.
+    assert t.stages[-1].name == "pre-logits" and t.stages[-1].channels == 4096
 
 
 @needs("resnet50")
@@ -335,6 +337,7 @@ def test_resnet50_stage_trace() -> None:
     assert t.resolution_pattern == "224→112→56→28→14→7→1"
     assert t.channel_pattern == "3→64→256→512→1024→2048"
     assert [s.blocks for s in t.stages[2:-1]] == [3, 4, 6, 3]
+    assert t.stages[-1].name == "pool"  # the head only pools: 2048 channels in, 2048 out
 
 
 @pytest.mark.parametrize("name, blocks", [
@@ -381,9 +384,10 @@ def test_trace_several_models_with_a_plot(capsys, tmp_path) -> None:
     assert [t["name"] for t in traces] == ["vgg11", "mobilenet_v2"]
     assert traces[1]["resolution_pattern"] == "64→32→16→8→4→2→1"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert main(["trace", "vgg11", "resnet18"]) == 0
+    assert main(["trace", "vgg11", "resnet18", "vgg11"]) == 0
     out = capsys.readouterr().out
     assert "vgg11 at 224x224" in out and "resnet18 at 224x224" in out
+    assert out.count("vgg11 at 224x224") == 1  # a model named twice is traced once
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -46,9 +46,10 @@ def test_every_published_macs_figure_is_matched_within_one_percent() -> None:
 
 def test_cli_writes_tables_and_plots(tmp_path, capsys) -> None:
     out = tmp_path / "report"
-    assert main(["compare", "resnet18", "mobilenet_v3_small", "--no-bench", "--out", str(out), "--json"]) == 0
+    argv = ["compare", "resnet18", "mobilenet_v3_small", "resnet18", "--no-bench", "--out", str(out), "--json"]
+    assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in printed] == ["resnet18", "mobilenet_v3_small"]
+    assert [r["name"] for r in printed] == ["resnet18", "mobilenet_v3_small"]  # a model named twice: one row
     for f in ("compare.md", "compare.csv", "compare.json", "top1_vs_macs.png", "design_patterns.png"):
         assert (out / f).stat().st_size > 0, f
     assert (out / "top1_vs_macs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -38,6 +38,35 @@ def test_checkpoint_of_another_architecture_is_refused(resnet18_state) -> None:
         archlab.load_reference_weights(archlab.create_model("resnet34"), resnet18_state)
 
 
+@pytest.mark.parametrize("name, reference, classes", [("resnet18", "resnet18", 10), ("vgg11", "vgg11", 5),
+                                                       ("efficientnet_b0", "efficientnet_b0", 37)])
+def test_skip_classifier_loads_an_imagenet_checkpoint_into_another_class_count(name, reference, classes) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, reference)().eval()
+    model = archlab.create_model(name, num_classes=classes)
+    with pytest.raises(WeightsError):  # strict by default: the 1000-way classifier does not fit
+        archlab.load_reference_weights(model, ref.state_dict())
+    archlab.load_reference_weights(model, ref.state_dict(), skip_classifier=True)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        # Everything before the classifier is the checkpoint's; the classifier is fresh, of the model's size.
+        assert torch.allclose(model.forward_head(model.forward_features(x), True), _pre_logits(ref, x), atol=1e-5)
+        assert model(x).shape == (2, classes)
+
+
+def _pre_logits(ref, x):
+    """torchvision's output before its last linear layer."""
+    last = [m for m in ref.modules() if isinstance(m, torch.nn.Linear)][-1]
+    seen = []
+    handle = last.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    ref(x)
+    handle.remove()
+    return seen[0]
+
+
 def test_unknown_source() -> None:
     with pytest.raises(ValueError, match="source must be one of"):
         archlab.load_reference_weights(archlab.create_model("resnet18"), {}, source="caffe")

@@ -141,7 +141,7 @@ def run_trace(args: argparse.Namespace) -> int:
     from archlab.analysis.trace import stage_trace
 
     plot = _plot_path(args.plot)
-    traces = [stage_trace(name, args.input) for name in args.names]
+    traces = [stage_trace(name, args.input) for name in dict.fromkeys(args.names)]  # a name given twice: once
     if plot is not None:
         from archlab.plots import plot_stage_traces
 

@@ -1,8 +1,8 @@
 """How a network walks the image down to a vector: resolution, channels, blocks, stride and receptive field per stage.
 
 Stage boundaries are the model's ``feature_info`` (the modules whose outputs are the stage outputs); the trace adds
-the input and the pooled pre-logits vector, e.g. ResNet-50: 224→112→56→28→14→7→1 and
-3→64→256→512→1024→2048.
+the input and the pre-logits vector, e.g. ResNet-50: 224→112→56→28→14→7→1 and 3→64→256→512→1024→2048 (the last
+row is named 'pool' where the head only pools, 'pre-logits' where layers come between pool and classifier).
 
 A stage's ``blocks`` counts the blocks that finish between the previous stage output and this one, as the papers'
 tables count them. A unit is a module that contains a convolution, found by descending from the model through plain
@@ -27,7 +27,7 @@ from archlab.models.base import block_names
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # 'input', 'stage0'..., 'pool'
+    name: str  # 'input', 'stage0'..., then 'pool' or 'pre-logits'
     module: str  # the module whose output this is ('' for the input and the pooled vector)
     resolution: tuple[int, int]
     channels: int
@@ -111,7 +111,10 @@ def stage_trace(model_or_name: nn.Module | str, input_size: int | tuple[int, int
                                 _num(geometry.h.size) if geometry else float("nan"),
                                 geometry.global_context if geometry else False))
         g = pooled_geometry
-        stages.append(Stage("pool", "", (1, 1), int(pooled.shape[1]), 0,
+        # 'pool' where the head only pools the last stage (ResNet: 2048 -> 2048); 'pre-logits' where layers come
+        # between the pool and the classifier (AlexNet/VGG: two 4096-wide FC layers; MobileNetV3: a 1280 layer).
+        last = "pool" if int(pooled.shape[1]) == stages[-1].channels else "pre-logits"
+        stages.append(Stage(last, "", (1, 1), int(pooled.shape[1]), 0,
                             _num(g.h.jump) if g else float("nan"), _num(g.h.size) if g else float("nan"),
                             g.global_context if g else False))
         return StageTrace(name, size, stages)
