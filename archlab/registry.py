@@ -161,6 +161,9 @@ def create_model(
 ) -> nn.Module:
     """Build a registered model, with random weights or the reference implementation's released ones.
 
+    ``num_classes=0`` builds it without a classifier, as timm does: the model returns its pre-logits features
+    (``num_features`` wide).
+
     ``drop_rate`` is the classifier dropout (``None``: the published default of the family, e.g. 0.5 for VGG,
     0.2–0.5 for EfficientNet); ``drop_path_rate`` the stochastic-depth rate (rising linearly with depth where
     the family does so). ``features_only=True`` returns a module whose forward gives the per-stage feature
@@ -173,8 +176,8 @@ def create_model(
     weight is the released one. The weights are in ``model.pretrained_weights`` (their preprocessing included).
     """
     entry = _entry(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 1, or 0 for no classifier, got {num_classes!r}")
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be an integer >= 1, got {in_chans!r}")
     if drop_rate is not None and not 0.0 <= drop_rate < 1.0:

@@ -99,6 +99,19 @@ def test_classifier_reset_and_in_chans(name: str) -> None:
         assert model(x).shape == (1, model.num_features)
 
 
+ONE_PER_FAMILY = list({archlab.model_card(n).family: n for n in reversed(NAMES) if n not in VERY_DEEP}.values())
+
+
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_num_classes_zero_builds_without_a_classifier(name: str) -> None:
+    # As in timm: no classifier, the model returns its pre-logits features (each family's builder, once).
+    size = small_size(name)
+    model = archlab.create_model(name, num_classes=0).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, size, size)).shape == (1, model.num_features)
+    assert model.num_classes == 0
+
+
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in VERY_DEEP])
 def test_features_only(name: str) -> None:
     size = max(64, small_size(name))
@@ -142,7 +155,6 @@ def test_unknown_name_suggests_closest() -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(num_classes=0), "num_classes"),
         (dict(num_classes=-3), "num_classes"),
         (dict(in_chans=0), "in_chans"),
         (dict(drop_rate=1.5), "drop_rate"),
