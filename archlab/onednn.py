@@ -68,8 +68,7 @@ class FusedConv2d(nn.Conv2d):
     @staticmethod
     def supports(conv: nn.Module) -> bool:
         """Plain 2-d conv with zero padding given as numbers (not 'same', not reflect)."""
-        return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-                and not isinstance(conv, FusedConv2d))
+        return type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
 
     def extra_repr(self) -> str:
         post = " + residual" if self.residual else ""
@@ -97,7 +96,7 @@ class FusedConv2d(nn.Conv2d):
             return False
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return False  # the fused op has no backward
-        if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        if x.dim() != 4 or x.numel() == 0 or not x.is_contiguous(memory_format=torch.channels_last):
             return False
         if residual is not None and (tuple(residual.shape) != self._out_shape(x)
                                      or not residual.is_contiguous(memory_format=torch.channels_last)):

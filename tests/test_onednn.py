@@ -95,6 +95,21 @@ def test_mobile_activations_become_post_ops(name, post_op):
     assert any(p.endswith("+ shortcut") for p in fast.fuse_summary.post_ops)
 
 
+@pytest.mark.parametrize("spec", [dict(output_stride=8), dict(output_stride=16)])
+def test_dilated_networks(spec):
+    # The seed's third way of keeping resolution: dilated convs (DeepLab's output stride) fuse and match too.
+    model = archlab.create_model("resnet50", **spec)
+    randomize_norms_moderately(model)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    fast = fuse(model, onednn=True).to(memory_format=CL)
+    with torch.no_grad():
+        ref = model(x)
+    out, ops = run_counting(fast, x.contiguous(memory_format=CL))
+    assert_close_to(out, ref)
+    assert ops[FUSED_OP] == len(convs(model)) and any(m.dilation != (1, 1) for m in convs(fast))
+
+
 def test_plain_path_where_onednn_does_not_apply():
     model = archlab.create_model("resnet18")
     randomize_norms_moderately(model)
