@@ -391,7 +391,9 @@ def run_bench(args: argparse.Namespace) -> int:
                 row["ours_over_theirs"] = None if c.is_ours else row["median_ms"] / ours["median_ms"]
                 rows.append(row)
     meta = dict(device=args.device, mode=args.mode, amp=args.amp, compile=args.compile,
-                channels_last=args.channels_last, fused=args.fused, threads=torch.get_num_threads(),
+                channels_last=args.channels_last, fused=args.fused,
+                onednn=args.fused and args.device == "cpu",  # fused form with oneDNN conv+activation/add primitives
+                threads=torch.get_num_threads(),
                 torch=torch.__version__, repeats=args.repeats, warmup=args.warmup)
     if args.json:
         print_json(dict(settings=meta, rows=rows, notes=notes))
@@ -403,7 +405,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any], notes: list[str]) -> None:
     from rich.table import Table
 
-    fused = "fused (ours only" + ("; oneDNN conv+activation/add" if meta["device"] == "cpu" else "") + ")"
+    fused = "fused (ours only" + ("; oneDNN conv+activation/add" if meta["onednn"] else "") + ")"
     flags = [f for f, on in (("channels-last", meta["channels_last"]), (fused, meta["fused"]),
                              ("compile", meta["compile"]), (meta["amp"], meta["amp"])) if on]
     title = f"{meta['mode']} on {meta['device']} ({meta['threads']} thread(s)){', ' if flags else ''}{', '.join(flags)}"

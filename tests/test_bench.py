@@ -110,8 +110,10 @@ def test_train_mode_takes_an_optimizer_step():
     [["--mode", "train"], ["--channels-last", "--fused"], ["--amp", "bf16"]],
 )
 def test_modes_and_formats_run(capsys, extra):
-    rows = run_json(capsys, ["mobilenet_v3_small", "--input", "32", "--batch", "2", *extra])["rows"]
+    result = run_json(capsys, ["mobilenet_v3_small", "--input", "32", "--batch", "2", *extra])
+    rows = result["rows"]
     assert len(rows) == 1 and rows[0]["median_ms"] > 0
+    assert result["settings"]["onednn"] == ("--fused" in extra)  # the fused form on CPU is the oneDNN one
 
 
 def test_table_output(capsys):
