@@ -10,6 +10,9 @@ fold wrong, and all three are visible in the graph. The fold itself is applied t
 tensor values), its children are traced one by one instead: pairs inside traceable sub-trees are still found,
 and nothing is folded across an untraceable boundary, so the result stays exact.
 
+``fuse(model, onednn=True)`` then hands the folded model to :mod:`archlab.onednn`, which runs each conv with the
+activation or residual add after it as one oneDNN primitive on CPU (the same graphs, :func:`traced_subtrees`).
+
 Pre-activation BatchNorms (DenseNet: BN→ReLU→conv) have no conv *before* them and are kept. Folding a BN into
 the conv *after* it is not done: with zero padding the border pixels see padded zeros, not the BN's shift,
 so that fold is not exact.
