@@ -16,11 +16,13 @@ correct everywhere. The post-ops compute the same function, so outputs equal the
 rounding (tested over the registry at 1e-4).
 
 How patterns are found: on the fx dataflow graph, as for the BatchNorm fold: a conv whose output (through the
-``nn.Identity`` left by a fold) has exactly one reader, that reader being an activation module, or an ``add`` of a
-shortcut whose single reader may be an activation. Activation swaps are module swaps (conv -> :class:`FusedConv2d`
-holding the activation, activation -> ``nn.Identity``). A residual add lives in a block's ``forward`` code, so
-the block whose code performs it is re-traced and replaced by an ``fx.GraphModule`` of the same name and
-submodules in which the conv is called with the shortcut as a second input.
+``nn.Identity`` left by a fold) has exactly one reader, that reader being an activation, or an ``add`` of a
+shortcut whose single reader may be an activation. An activation module of its own is a module swap (conv ->
+:class:`FusedConv2d` holding the activation, activation -> ``nn.Identity``). A residual add, a functional activation
+(``F.relu(x)``, ``x.sigmoid()``) or an activation module shared by several call sites (torchvision's ResNet blocks
+call one ``self.relu`` three times) lives in a block's ``forward`` code, so the block whose code performs it is
+re-traced and replaced by an ``fx.GraphModule`` of the same name and submodules in which the fused conv takes the
+activation's place (and the shortcut as a second input).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import operator
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from archlab.deploy import FuseSummary, TracedSubtree, _replace, _Tracer, traced_subtrees
@@ -42,6 +45,12 @@ _POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {
     nn.Sigmoid: ("sigmoid", []),
 }
 _ADDS = (operator.add, operator.iadd, torch.add)
+# Activations written as calls in a block's code (torchvision's `self.relu` shared by three call sites is handled
+# like these: a shared module cannot be swapped for an identity, so the block's graph is rewritten instead).
+_FUNCTIONAL: dict[object, type[nn.Module]] = {
+    F.relu: nn.ReLU, torch.relu: nn.ReLU, F.relu6: nn.ReLU6, F.silu: nn.SiLU, F.hardswish: nn.Hardswish,
+    F.hardsigmoid: nn.Hardsigmoid, torch.sigmoid: nn.Sigmoid, "relu": nn.ReLU, "sigmoid": nn.Sigmoid,
+}
 
 
 def available() -> bool:
@@ -156,6 +165,36 @@ def _single_activation(node: fx.Node, modules: dict[str, nn.Module], calls: dict
     return None
 
 
+def _activation_after(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node, nn.Module] | None:
+    """The node's only reader, with an equivalent activation module, when it is an activation oneDNN can apply
+    to this node alone: a module (possibly shared by several call sites) or a functional / method call."""
+    if len(node.users) != 1:
+        return None
+    (user,) = node.users
+    if user.args != (node,):
+        return None
+    if user.op == "call_module" and type(modules.get(user.target)) in _POST_OPS and not user.kwargs:
+        return user, modules[user.target]
+    if user.op in ("call_function", "call_method") and set(user.kwargs) <= {"inplace"}:
+        target = user.target
+        if user.op == "call_method":
+            target = target.rstrip("_")  # x.relu_() as x.relu(): the conv output is not read elsewhere
+        if target in _FUNCTIONAL and (user.op == "call_method") == isinstance(target, str):
+            return user, _FUNCTIONAL[target]()
+    return None
+
+
+def _code_owner(node: fx.Node, traced: TracedSubtree | None = None) -> str | None:
+    """The module whose ``forward`` code makes this call ('' for the traced root's own code); a call_module
+    node's stack ends with the called module itself, which is not its caller."""
+    stack = list(node.meta.get("nn_module_stack") or {})
+    if node.op == "call_module":
+        stack = stack[:-1]
+    if not stack:
+        return ""
+    return traced.name(stack[-1]) if traced is not None else stack[-1]
+
+
 def _residual_add(end: fx.Node) -> tuple[fx.Node, fx.Node] | None:
     """``(add, shortcut)`` when the conv chain's only reader adds one shortcut tensor to it."""
     if len(end.users) != 1:
@@ -186,55 +225,58 @@ def _conv_nodes(graph: fx.Graph, modules: dict[str, nn.Module]) -> tuple[list[tu
     ], calls
 
 
-def _innermost_module(node: fx.Node, traced: TracedSubtree) -> str | None:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return None
-    return traced.name(next(reversed(stack)))
-
-
 # ---------------------------------------------------------------------------------------------- rewriting
 
 
-def _fuse_residuals_in(block: nn.Module) -> fx.GraphModule | None:
-    """``block`` re-traced with the residual adds of its own ``forward`` fused into the conv before them (None
-    when there are none). ``block`` itself is not modified."""
+def _rewrite_block(block: nn.Module) -> fx.GraphModule | None:
+    """``block`` re-traced with the epilogues its own ``forward`` code performs (a residual add, a functional or
+    shared activation) fused into the conv before them; None when there are none. ``block`` is not modified."""
     graph = _Tracer().trace(block)
     modules = dict(block.named_modules())
-    convs, calls = _conv_nodes(graph, modules)
+    convs, _ = _conv_nodes(graph, modules)
     fusions = []
     for node, conv in convs:
         end = _after_identities(node, modules)
         found = _residual_add(end)
-        if found is None:
-            continue
-        add, shortcut = found
-        if add.meta.get("nn_module_stack"):
-            continue  # performed in a child's code: that child is its own block
-        act_node = _single_activation(add, modules, calls)
-        last = act_node or add
-        with graph.inserting_before(add):
-            fused = graph.call_module(node.target, (node.args[0], shortcut))
+        if found is not None:
+            add, shortcut = found
+            if _code_owner(add) != "":
+                continue  # performed in a child's code: that child is its own block
+            act = _activation_after(add, modules)
+            first, args = add, (node.args[0], shortcut)
+        else:
+            act = _activation_after(end, modules)
+            if act is None or _code_owner(act[0]) != "":
+                continue
+            first, args = act[0], (node.args[0],)
+        last = act[0] if act is not None else first
+        with graph.inserting_before(first):
+            fused = graph.call_module(node.target, args)
         last.replace_all_uses_with(fused)
-        dead = [last] + ([add] if act_node is not None else [])
+        dead = [last] + ([first] if first is not last else [])
         cur = end
         while cur is not node:
             dead.append(cur)
             cur = cur.args[0]
         for n in [*dead, node]:
             graph.erase_node(n)
-        fusions.append((node.target, act_node.target if act_node is not None else None))
+        fusions.append((node.target, act[1] if act is not None else None, found is not None,
+                        _describe(act[0]) if act is not None else None))
     if not fusions:
         return None
     graph.lint()
     rewritten = fx.GraphModule(block, graph, class_name=type(block).__name__)
     rewritten.train(block.training)
     rewritten.post_ops = []
-    for conv_name, act_name in fusions:
-        act = block.get_submodule(act_name) if act_name else None
-        _replace(rewritten, conv_name, FusedConv2d(block.get_submodule(conv_name), act, residual=True))
-        rewritten.post_ops.append(f"{conv_name} + shortcut{' -> ' + act_name if act_name else ''}")
+    for conv_name, act, residual, act_name in fusions:
+        _replace(rewritten, conv_name, FusedConv2d(block.get_submodule(conv_name), act, residual=residual))
+        rewritten.post_ops.append(f"{conv_name}{' + shortcut' if residual else ''}"
+                                  f"{' -> ' + act_name if act_name else ''}")
     return rewritten
+
+
+def _describe(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
 
 
 def fuse_conv_epilogues(model: nn.Module, summary: FuseSummary | None = None) -> nn.Module:
@@ -242,7 +284,7 @@ def fuse_conv_epilogues(model: nn.Module, summary: FuseSummary | None = None) ->
     or by a residual add (and an activation), runs as one :class:`FusedConv2d`. Records each fusion in
     ``summary.post_ops``. Returns ``model``."""
     summary = summary if summary is not None else FuseSummary()
-    residual_blocks: set[str] = set()
+    blocks: set[str] = set()  # modules whose forward code holds an epilogue to fuse: rewritten as graphs
     swaps: list[tuple[str, str]] = []
     for traced in traced_subtrees(model):
         modules = dict(traced.root.named_modules())
@@ -250,20 +292,21 @@ def fuse_conv_epilogues(model: nn.Module, summary: FuseSummary | None = None) ->
         for node, _ in convs:
             end = _after_identities(node, modules)
             act_node = _single_activation(end, modules, calls)
-            if act_node is not None:
+            if act_node is not None:  # an activation module of its own: a module swap is enough
                 swaps.append((traced.name(node.target), traced.name(act_node.target)))
                 continue
             found = _residual_add(end)
-            owner = _innermost_module(found[0], traced) if found else None
+            code = found[0] if found else (_activation_after(end, modules) or (None,))[0]
+            owner = _code_owner(code, traced) if code is not None else None
             if owner and traced.name(node.target).startswith(owner + "."):
-                residual_blocks.add(owner)
+                blocks.add(owner)
     for conv_name, act_name in swaps:
         _replace(model, conv_name, FusedConv2d(model.get_submodule(conv_name), model.get_submodule(act_name)))
         _replace(model, act_name, nn.Identity())
         summary.post_ops.append(f"{conv_name} -> {act_name}")
-    for name in sorted(residual_blocks):
+    for name in sorted(blocks):
         try:
-            rewritten = _fuse_residuals_in(model.get_submodule(name))
+            rewritten = _rewrite_block(model.get_submodule(name))
         except Exception:  # noqa: BLE001 - a block that does not trace on its own keeps its plain adds
             continue
         if rewritten is not None:

@@ -204,6 +204,58 @@ def test_only_safe_residual_adds_are_fused():
     assert ops[FUSED_OP] == 3
 
 
+class _FunctionalBlock(nn.Module):
+    """Activations written as calls (F.relu, x.sigmoid()) rather than modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.relu(self.conv1(x), inplace=True)
+        y = self.conv2(y).sigmoid()
+        return torch.nn.functional.relu(self.conv3(y) + y)
+
+
+def test_shared_and_functional_activations_are_fused_by_rewriting_the_block():
+    import torchvision
+
+    # torchvision's ResNet calls one `self.relu` module three times per block: it cannot be swapped for an
+    # identity, so each block's graph is rewritten instead.
+    ref = torchvision.models.resnet18()
+    randomize_norms_moderately(ref)
+    ref.eval()
+    fast = fuse(ref, onednn=True).to(memory_format=CL)
+    assert "layer1.0.conv1 -> relu" in fast.fuse_summary.post_ops
+    assert "layer1.0.conv2 + shortcut -> relu" in fast.fuse_summary.post_ops
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref(x)
+    out, ops = run_counting(fast, x.contiguous(memory_format=CL))
+    assert_close_to(out, expected)
+    assert ops[FUSED_OP] == 20 and ops["aten.relu"] + ops["aten.relu_"] == 0  # every ReLU is a post-op now
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = _FunctionalBlock()
+
+        def forward(self, x):
+            return self.block(x)
+
+    net = Net().eval()
+    fast = fuse(net, onednn=True)
+    assert fast.fuse_summary.post_ops == ["block.conv1 -> relu", "block.conv2 -> sigmoid",
+                                          "block.conv3 + shortcut -> relu"]
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=CL)
+    with torch.no_grad():
+        out, ops = run_counting(fast, x)
+        assert_close_to(out, net(x))
+    assert ops[FUSED_OP] == 3 and ops["aten.sigmoid"] == 0 and ops["aten.relu"] == 0
+
+
 def test_onnx_export_of_the_onednn_form_uses_plain_ops(tmp_path):
     fast = fuse(archlab.create_model("resnet18").eval(), onednn=True)
     path = tmp_path / "r18.onnx"
