@@ -27,7 +27,9 @@ activation's place (and the shortcut as a second input).
 
 from __future__ import annotations
 
+import functools
 import operator
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +55,7 @@ _FUNCTIONAL: dict[object, type[nn.Module]] = {
 }
 
 
+@functools.cache
 def available() -> bool:
     """Whether this PyTorch build has oneDNN and its fused convolution op."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -154,17 +157,6 @@ def _after_identities(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
     return node
 
 
-def _single_activation(node: fx.Node, modules: dict[str, nn.Module], calls: dict) -> fx.Node | None:
-    """The node's only reader when it is an activation module oneDNN can apply, called once, on this node only."""
-    if len(node.users) != 1:
-        return None
-    (user,) = node.users
-    if (user.op == "call_module" and type(modules.get(user.target)) in _POST_OPS and calls[user.target] == 1
-            and user.args == (node,) and not user.kwargs):
-        return user
-    return None
-
-
 def _activation_after(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node, nn.Module] | None:
     """The node's only reader, with an equivalent activation module, when it is an activation oneDNN can apply
     to this node alone: a module (possibly shared by several call sites) or a functional / method call."""
@@ -184,7 +176,7 @@ def _activation_after(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.
     return None
 
 
-def _code_owner(node: fx.Node, traced: TracedSubtree | None = None) -> str | None:
+def _code_owner(node: fx.Node, traced: TracedSubtree | None = None) -> str:
     """The module whose ``forward`` code makes this call ('' for the traced root's own code); a call_module
     node's stack ends with the called module itself, which is not its caller."""
     stack = list(node.meta.get("nn_module_stack") or {})
@@ -212,12 +204,9 @@ def _residual_add(end: fx.Node) -> tuple[fx.Node, fx.Node] | None:
     return None
 
 
-def _conv_nodes(graph: fx.Graph, modules: dict[str, nn.Module]) -> tuple[list[tuple[fx.Node, nn.Conv2d]], dict]:
+def _conv_nodes(graph: fx.Graph, modules: dict[str, nn.Module]) -> tuple[list[tuple[fx.Node, nn.Conv2d]], Counter]:
     """The graph's fusable convs (each module called once, on one input), and how often each module is called."""
-    calls: dict = {}
-    for n in graph.nodes:
-        if n.op == "call_module":
-            calls[n.target] = calls.get(n.target, 0) + 1
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     return [
         (n, modules[n.target]) for n in graph.nodes
         if n.op == "call_module" and FusedConv2d.supports(modules.get(n.target)) and calls[n.target] == 1
@@ -291,13 +280,14 @@ def fuse_conv_epilogues(model: nn.Module, summary: FuseSummary | None = None) ->
         convs, calls = _conv_nodes(traced.graph, modules)
         for node, _ in convs:
             end = _after_identities(node, modules)
-            act_node = _single_activation(end, modules, calls)
-            if act_node is not None:  # an activation module of its own: a module swap is enough
-                swaps.append((traced.name(node.target), traced.name(act_node.target)))
+            act = _activation_after(end, modules)
+            if act is not None and act[0].op == "call_module" and calls[act[0].target] == 1:
+                # An activation module of its own: a module swap is enough.
+                swaps.append((traced.name(node.target), traced.name(act[0].target)))
                 continue
             found = _residual_add(end)
-            code = found[0] if found else (_activation_after(end, modules) or (None,))[0]
-            owner = _code_owner(code, traced) if code is not None else None
+            code = found[0] if found is not None else act[0] if act is not None else None
+            owner = _code_owner(code, traced) if code is not None else ""
             if owner and traced.name(node.target).startswith(owner + "."):
                 blocks.add(owner)
     for conv_name, act_name in swaps:
