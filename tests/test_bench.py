@@ -193,6 +193,17 @@ def test_gpu_figures_script_runs_and_records_its_command(tmp_path):
     assert text.count("| mobilenet_v2 |") == 2
 
 
+def test_inference_form_profile_script_runs(capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert load_script("profile_inference_form").main(
+            ["resnet18", "--batch", "1", "--input", "32", "--steps", "1", "--threads", str(threads)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "| resnet18 | ms / forward | share |" in out and "mkldnn::_convolution_pointwise" in out
+
+
 def test_goal_script_times_the_deployment_form_against_its_parts(tmp_path):
     # benchmarks/bench_vs_reference.py part (b), tiny: every deployment model gets the fused+CL form, torchvision
     # eager and CL, and the BN-fold-only form (the oneDNN step's own gain), with geometric means and verdicts.
