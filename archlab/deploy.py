@@ -13,6 +13,9 @@ and nothing is folded across an untraceable boundary, so the result stays exact.
 ``fuse(model, onednn=True)`` then hands the folded model to :mod:`archlab.onednn`, which runs each conv with the
 activation or residual add after it as one oneDNN primitive on CPU (the same graphs, :func:`traced_subtrees`).
 
+A BatchNorm with its activation inside (timm's ``BatchNormAct2d``, a ``BatchNorm2d`` subclass that runs
+BN → dropout → activation in one module) is folded the same way and leaves its activation in its place.
+
 Pre-activation BatchNorms (DenseNet: BN→ReLU→conv) have no conv *before* them and are kept. Folding a BN into
 the conv *after* it is not done: with zero padding the border pixels see padded zeros, not the BN's shift,
 so that fold is not exact.
@@ -38,6 +41,24 @@ from archlab.cli import CLIError, console, print_json
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Layers that are an identity in eval mode whatever their probability.
 _EVAL_IDENTITY_NAMES = {"DropPath", "StochasticDepth", "DropBlock2d"}
+
+
+def _is_eval_identity(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd)) or type(m).__name__ in _EVAL_IDENTITY_NAMES
+
+
+def _norm_act_tail(m: nn.Module) -> nn.Module | None:
+    """What is left in place of a BatchNorm once folded: ``nn.Identity()`` for torch's own BatchNorms, the
+    activation for a BN-with-activation module (timm's ``BatchNormAct2d``: BN, then ``.drop``, then ``.act``;
+    its dropout is an identity at eval), ``None`` for any other BatchNorm subclass (its forward may do more than
+    normalise: it is not folded, and fx traces through it)."""
+    if type(m).__module__.startswith("torch.nn."):  # BatchNorm1d/2d/3d, SyncBatchNorm
+        return nn.Identity()
+    act, drop = getattr(m, "act", None), getattr(m, "drop", None)
+    if (type(m).__name__ == "BatchNormAct2d" and isinstance(m, nn.BatchNorm2d) and isinstance(act, nn.Module)
+            and isinstance(drop, nn.Module) and _is_eval_identity(drop)):
+        return act
+    return None
 
 
 @dataclass
@@ -70,7 +91,10 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         # Modules that declare themselves leaves (archlab.onednn.FusedConv2d: control flow on the input's device,
         # dtype and layout) are kept as one call.
-        return getattr(m, "fx_leaf", False) or super().is_leaf_module(m, module_qualified_name)
+        # A BN-with-activation module is kept as one call so that it can be folded like a BatchNorm.
+        if getattr(m, "fx_leaf", False) or (isinstance(m, nn.BatchNorm2d) and _norm_act_tail(m) is not None):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
 
     def path_of_module(self, mod: nn.Module) -> str:
         try:
@@ -87,6 +111,8 @@ def _pairs_in_graph(graph: fx.Graph, root: nn.Module) -> list[tuple[str, str]]:
         if node.op != "call_module" or not isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm):
             continue
         norm = modules[node.target]
+        if _norm_act_tail(norm) is None:
+            continue
         if not norm.track_running_stats or norm.running_mean is None or len(node.args) != 1 or node.kwargs:
             continue  # batch statistics at eval time: nothing fixed to fold
         src = node.args[0]
@@ -189,13 +215,14 @@ def fuse(model: nn.Module, onednn: bool = False) -> nn.Module:
         if seen[id(fused.get_submodule(c))] == 1 and seen[id(fused.get_submodule(b))] == 1
     ]
     for conv_name, norm_name in pairs:
-        fold_bn_into_conv(fused.get_submodule(conv_name), fused.get_submodule(norm_name))
-        _replace(fused, norm_name, nn.Identity())
+        norm = fused.get_submodule(norm_name)
+        fold_bn_into_conv(fused.get_submodule(conv_name), norm)
+        _replace(fused, norm_name, _norm_act_tail(norm))
         summary.folded.append((conv_name, norm_name))
     for name, m in list(fused.named_modules()):
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             summary.kept_norms.append(name)
-        elif isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ in _EVAL_IDENTITY_NAMES:
+        elif _is_eval_identity(m) and not isinstance(m, nn.Identity):
             _replace(fused, name, nn.Identity())
             summary.dropped.append(name)
     if onednn:

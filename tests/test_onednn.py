@@ -264,3 +264,45 @@ def test_onnx_export_of_the_onednn_form_uses_plain_ops(tmp_path):
 
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "Conv" in ops and not any("mkldnn" in op.lower() for op in ops)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv3_large_100"])
+def test_timm_batchnorm_act_is_folded_and_its_activation_fused(name):
+    """timm builds these with BatchNormAct2d (a BatchNorm2d subclass that applies its activation itself): the BN
+    folds into the conv before it and its activation becomes that conv's post-op, as with separate modules."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(name)
+    randomize_norms_moderately(model)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    folded = fuse(model)
+    assert not folded.fuse_summary.kept_norms
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    fast = fuse(model, onednn=True).to(memory_format=CL)
+    with torch.no_grad():
+        ref = model(x)
+        assert_close_to(folded(x), ref)
+    out, ops = run_counting(fast, x.contiguous(memory_format=CL))
+    assert_close_to(out, ref)
+    assert ops[FUSED_OP] == len(convs(model)) and ops["aten.convolution"] == 0
+    assert ops["aten.native_batch_norm"] == ops["aten._native_batch_norm_legit_no_training"] == 0
+    # Activations left unfused: only the SE gates' sigmoid / h-sigmoid, applied to the pooled vector.
+    assert ops["aten.silu_"] + ops["aten.silu"] + ops["aten.hardswish_"] + ops["aten.relu_"] == 0
+
+
+class ShiftedNorm(nn.BatchNorm2d):
+    """A BatchNorm subclass whose forward does more than normalise: it must not be folded."""
+
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+def test_unknown_batchnorm_subclass_is_not_folded():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ShiftedNorm(8), nn.ReLU())
+    randomize_norms_moderately(net)
+    net.eval()
+    x = torch.randn(2, 3, 16, 16)
+    fused = fuse(net)
+    assert not fused.fuse_summary.folded
+    with torch.no_grad():
+        assert_close_to(fused(x), net(x))
