@@ -1,4 +1,6 @@
-"""Deployment: fold BatchNorm into convolutions for inference, and export to ONNX checked against onnxruntime.
+"""Inference forms: fold BatchNorm into convolutions (and, with ``onednn=True``, fuse their epilogues on CPU).
+
+Export to ONNX and torch.export programs is :mod:`archlab.export`.
 
 How conv→BN pairs are found: **torch.fx**, on the model's dataflow graph, not on module order. A module-order walk
 only sees that a BatchNorm is *registered* after a conv; the graph shows that the BatchNorm's input *is* that
@@ -23,20 +25,13 @@ so that fold is not exact.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
-import statistics
-import sys
-import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
 
-from archlab.cli import CLIError, console, print_json
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Layers that are an identity in eval mode whatever their probability.
@@ -231,127 +226,3 @@ def fuse(model: nn.Module, onednn: bool = False) -> nn.Module:
         fuse_conv_epilogues(fused, summary)
     fused.fuse_summary = summary
     return fused
-
-
-# ---------------------------------------------------------------------------------------------- ONNX
-
-
-def export_onnx(model: nn.Module, path: str, input_size: int, opset: int = 17) -> None:
-    """Export ``model`` (eval mode) to ONNX with a dynamic batch axis, via the TorchScript-based exporter.
-
-    ``dynamo=False``: the torch.export-based exporter needs ``onnxscript``, which is optional here; the legacy
-    exporter handles every archlab model.
-    """
-    x = torch.randn(1, model.in_chans if hasattr(model, "in_chans") else 3, input_size, input_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation and tracer warnings (shape checks are constants)
-        torch.onnx.export(
-            model, (x,), path, dynamo=False, opset_version=opset, input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-        )
-
-
-def _median_ms(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def check_onnx(model: nn.Module, path: str, input_size: int, batch: int = 2, repeats: int = 10,
-               warmup: int = 2) -> tuple[float, float, float, float]:
-    """Run the ONNX file in onnxruntime next to PyTorch: (max |difference|, max |PyTorch output|, ort median ms,
-    torch median ms)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()  # same threads as PyTorch, for a fair latency
-    opts.log_severity_level = 3  # errors only: failures reach the caller as exceptions
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    x = torch.randn(batch, model.in_chans if hasattr(model, "in_chans") else 3, input_size, input_size)
-    with torch.inference_mode():
-        expected = model(x)
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    got = torch.from_numpy(session.run(None, feed)[0])
-    diff = (got - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    ort_ms = _median_ms(lambda: session.run(None, feed), repeats, warmup)
-    with torch.inference_mode():
-        torch_ms = _median_ms(lambda: model(x), repeats, warmup)
-    return diff, scale, ort_ms, torch_ms
-
-
-def onnx_tolerance(scale: float) -> float:
-    """1e-4, and relative to the outputs where they are small: random-init logits of some families (MobileNetV3:
-    ~1e-9) are so small that an absolute 1e-4 would pass any export."""
-    return 1e-4 * min(1.0, scale)
-
-
-# ---------------------------------------------------------------------------------------------- archlab export
-
-
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="registered model name (see `archlab list`)")
-    p.add_argument("--onnx", required=True, metavar="FILE", help="output .onnx file")
-    p.add_argument("--input", type=int, default=None, metavar="N", help="input size N x N (default: the card's)")
-    p.add_argument("--fused", action="store_true", help="export the fused model (BatchNorm folded, dropout removed)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--repeats", type=int, default=10, help="timed onnxruntime runs (default 10)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    import archlab
-
-    card = archlab.model_card(args.name)  # UnknownModelError is a ValueError: one line, exit 2
-    size = card.input_size if args.input is None else args.input
-    if size < card.min_input_size:
-        raise CLIError(f"{args.name} needs --input >= {card.min_input_size}, got {size}")
-    if args.repeats < 1:
-        raise CLIError(f"--repeats must be >= 1, got {args.repeats}")
-    if args.opset < 7:
-        raise CLIError(f"--opset {args.opset}: onnxruntime, which checks the export, runs opset 7 and above")
-    parent = os.path.dirname(os.path.abspath(args.onnx))
-    if not os.path.isdir(parent):
-        raise CLIError(f"cannot write {args.onnx}: directory {parent} does not exist")
-    model = archlab.create_model(args.name).eval()
-    if args.fused:
-        model = fuse(model)
-    try:
-        export_onnx(model, args.onnx, size, opset=args.opset)
-    except Exception as exc:  # noqa: BLE001 - an unsupported op, an opset too old ...: say which, exit 2
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CLIError(f"cannot export {args.name} to ONNX: {first}") from exc
-    try:
-        diff, scale, ort_ms, torch_ms = check_onnx(model, args.onnx, size, repeats=args.repeats)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime refuses the graph (an opset it cannot run ...)
-        os.remove(args.onnx)  # an export that does not run is no export
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise CLIError(f"onnxruntime cannot run {args.name} exported at opset {args.opset} (file removed): "
-                       f"{first}") from None
-    tolerance = onnx_tolerance(scale)
-    ok = diff <= tolerance
-    result = dict(model=args.name, onnx=args.onnx, input=size, fused=args.fused, opset=args.opset,
-                  max_abs_diff=diff, output_scale=scale, tolerance=tolerance, matches=ok,
-                  ort_latency_ms=ort_ms, torch_latency_ms=torch_ms,
-                  latency_batch=2, threads=torch.get_num_threads())
-    if args.json:
-        print_json(result)
-    else:
-        c = console()
-        verdict = "[green]ok[/]" if ok else "[red]MISMATCH[/]"
-        c.print(f"exported {args.name}{' (fused)' if args.fused else ''} -> {args.onnx} (opset {args.opset}, "
-                f"input {size}x{size}, dynamic batch)")
-        c.print(f"onnxruntime vs PyTorch: max |diff| = {diff:.2e} on outputs up to {scale:.2e} "
-                f"(tolerance {tolerance:.0e}) {verdict}")
-        c.print(f"latency, batch 2, {torch.get_num_threads()} thread(s): onnxruntime {ort_ms:.2f} ms, "
-                f"PyTorch {torch_ms:.2f} ms (median of {args.repeats})")
-    if not ok:
-        print(f"archlab: error: onnxruntime output differs from PyTorch by {diff:.2e} > {tolerance:.0e}",
-              file=sys.stderr)
-        return 1
-    return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import re
 
 import pytest
@@ -167,6 +169,9 @@ def test_export_prints_check_and_latency(tmp_path, capsys):
         (["export", "resnet18", "--onnx", "/no/such/dir/x.onnx"], "does not exist"),
         (["export", "resnet18"], "--onnx"),
         (["export", "resnet18", "--onnx", "x.onnx", "--opset", "6"], "opset 7 and above"),
+        (["export", "resnet18", "--pt2", "x.pt2", "--opset", "13"], "--opset applies to --onnx only"),
+        (["export", "resnet18", "--onnx", "x.onnx", "--pt2", "x.pt2"], "not allowed with"),
+        (["export", "resnet18", "--pt2", "/no/such/dir/x.pt2"], "does not exist"),
     ],
 )
 def test_export_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, message):
@@ -184,3 +189,63 @@ def test_unexportable_model_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     assert main(["export", "cifar_resnet20", "--onnx", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert "cannot export cifar_resnet20" in err and "aten::fancy" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_writes_a_torch_export_program(tmp_path, capsys):
+    path = tmp_path / "m.pt2"
+    argv = ["export", "cifar_resnet20", "--pt2", str(path), "--fused", "--repeats", "1", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["format"] == "pt2" and out["pt2"] == str(path) and out["matches"] and out["max_abs_diff"] <= 1e-4
+    assert out["program_latency_ms"] > 0 and path.stat().st_size > 0
+    assert main(["export", "cifar_resnet20", "--pt2", str(path), "--repeats", "1"]) == 0
+    assert "exported program vs PyTorch" in capsys.readouterr().out
+
+
+# One model per family: torch.export traces the whole forward, input checks included, with the batch axis dynamic.
+EXPORT_FAMILIES = ["alexnet", "vgg11_bn", "resnet18", "seresnet50", "densenet121", "mobilenet_v1", "mobilenet_v2",
+                   "mobilenet_v3_small", "efficientnet_b0", "cifar_resnet20", "preact_resnet164"]
+
+
+@pytest.mark.parametrize("name", EXPORT_FAMILIES)
+def test_torch_export_with_dynamic_batch_on_every_family(name):
+    from archlab.export import export_program
+
+    card = archlab.model_card(name)
+    size = max(card.min_input_size, 32)
+    model = archlab.create_model(name)
+    randomize_norms_moderately(model)
+    model.eval()
+    program = export_program(model, size).module()
+    x = torch.randn(5, 3, size, size)
+    with torch.no_grad():
+        ref = model(x)
+        assert_close_to(program(x[:1]), ref[:1])
+        assert_close_to(program(x), ref)
+
+
+def test_saved_torch_export_program_runs_without_archlab(tmp_path):
+    """The .pt2 file is self-contained: a Python that never imports archlab loads it and gives the model's
+    outputs, at batch sizes other than the one the export saw."""
+    from archlab.export import export_program
+
+    model = archlab.create_model("mobilenet_v3_small")
+    randomize_norms_moderately(model)
+    model.eval()
+    path, x_path, y_path = tmp_path / "m.pt2", tmp_path / "x.pt", tmp_path / "y.pt"
+    export_program(model, 32, str(path))
+    x = torch.randn(5, 3, 32, 32)
+    torch.save(x, x_path)
+    script = (
+        "import sys, torch\n"
+        f"m = torch.export.load({str(path)!r}).module()\n"
+        f"x = torch.load({str(x_path)!r})\n"
+        f"torch.save([m(x[:1]), m(x)], {str(y_path)!r})\n"
+        "assert not any(k.startswith('archlab') for k in sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    one, five = torch.load(y_path)
+    with torch.no_grad():
+        ref = model(x)
+    assert_close_to(one, ref[:1])
+    assert_close_to(five, ref)

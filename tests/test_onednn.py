@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import archlab
-from archlab.deploy import export_onnx, fuse
+from archlab.deploy import fuse
+from archlab.export import export_onnx
 from archlab.onednn import FusedConv2d, available
 from tests.test_deploy import assert_close_to, randomize_norms_moderately
 
