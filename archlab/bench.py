@@ -32,7 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.cli import CLIError, console, nonneg_int, positive_int, positive_ints, print_json, transient_progress
+from archlab.cli import (
+    CLIError,
+    console,
+    draw_plot,
+    nonneg_int,
+    plot_path,
+    positive_int,
+    positive_ints,
+    print_json,
+    transient_progress,
+)
 
 # Same architecture, another name in timm (where timm's name differs from ours).
 TIMM_EQUIVALENT: dict[str, str] = {
@@ -319,6 +329,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", type=positive_int, default=None, metavar="N", help="input N x N (default: the card's)")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed steps per contender (default 20)")
     p.add_argument("--warmup", type=nonneg_int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw images/s per implementation (against batch size when several are timed)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -350,6 +362,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     sources = _check_args(args)
+    plot = plot_path(args.plot)
     settings = Settings(device=args.device, mode=args.mode, amp=args.amp, compile=args.compile,
                         input_size=args.input, repeats=args.repeats, warmup=args.warmup)
     plan, notes = [], []
@@ -395,21 +408,30 @@ def run_bench(args: argparse.Namespace) -> int:
                 onednn=args.fused and args.device == "cpu",  # fused form with oneDNN conv+activation/add primitives
                 threads=torch.get_num_threads(),
                 torch=torch.__version__, repeats=args.repeats, warmup=args.warmup)
+    if plot is not None:
+        from archlab.plots import plot_bench
+
+        draw_plot(lambda r, p: plot_bench(r, _title(meta), p), rows, plot)
     if args.json:
         print_json(dict(settings=meta, rows=rows, notes=notes))
         return 0
     _print_table(rows, meta, notes)
+    if plot is not None:
+        console().print(f"plot written to {plot}")
     return 0
+
+
+def _title(meta: dict[str, Any]) -> str:
+    fused = "fused (ours only" + ("; oneDNN conv+activation/add" if meta["onednn"] else "") + ")"
+    flags = [f for f, on in (("channels-last", meta["channels_last"]), (fused, meta["fused"]),
+                             ("compile", meta["compile"]), (meta["amp"], meta["amp"])) if on]
+    return f"{meta['mode']} on {meta['device']} ({meta['threads']} thread(s)){', ' if flags else ''}{', '.join(flags)}"
 
 
 def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any], notes: list[str]) -> None:
     from rich.table import Table
 
-    fused = "fused (ours only" + ("; oneDNN conv+activation/add" if meta["onednn"] else "") + ")"
-    flags = [f for f, on in (("channels-last", meta["channels_last"]), (fused, meta["fused"]),
-                             ("compile", meta["compile"]), (meta["amp"], meta["amp"])) if on]
-    title = f"{meta['mode']} on {meta['device']} ({meta['threads']} thread(s)){', ' if flags else ''}{', '.join(flags)}"
-    table = Table(title=title, header_style="bold")
+    table = Table(title=_title(meta), header_style="bold")
     for col in ("model", "impl", "input", "batch", "median ms", "IQR ms", "min-max ms", "img/s", "peak mem",
                 "ours/theirs"):
         table.add_column(col, justify="left" if col in ("model", "impl") else "right")

@@ -12,7 +12,8 @@ import json
 import os
 import re
 import sys
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 # sub-command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,6 +70,26 @@ def int_at_least(minimum: int):
 
 positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
+
+
+def plot_path(text: str | None) -> Path | None:
+    """The --plot file as a Path (None when not asked for), checked before any work is done."""
+    if not text:
+        return None
+    plot = Path(text)
+    if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise CLIError(f"--plot takes a .png, .svg or .pdf file, got {text!r}")
+    if not plot.parent.is_dir():
+        raise CLIError(f"--plot: folder {str(plot.parent)!r} does not exist")
+    return plot
+
+
+def draw_plot(plotter: Callable[[Any, Path], Any], data: Any, plot: Path) -> None:
+    """``plotter(data, plot)``, a file that cannot be written being bad input (one line, exit 2)."""
+    try:
+        plotter(data, plot)
+    except OSError as exc:
+        raise CLIError(f"--plot: cannot write {str(plot)!r}: {exc.strerror or exc}") from None
 
 
 def print_json(obj: Any) -> None:

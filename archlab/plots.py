@@ -140,3 +140,103 @@ def plot_effective_rf(erf: Any, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_bench(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
+    """``archlab bench --plot``: images/s of each implementation (rows of :func:`archlab.bench.summarize` with a
+    ``model``), against batch size when several were timed (log-log, bars for the interquartile range), else as
+    grouped bars. Ours solid, the references dashed in the same colour as the model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    colours = {m: f"C{i % 10}" for i, m in enumerate(models)}
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+
+    def speed(r: dict[str, Any], key: str) -> float:
+        return r["batch"] * 1e3 / r[key]
+
+    if len(batches) > 1:
+        for model in models:
+            for impl in dict.fromkeys(r["impl"] for r in rows if r["model"] == model):
+                line = sorted((r for r in rows if r["model"] == model and r["impl"] == impl), key=lambda r: r["batch"])
+                ys = [r["images_per_s"] for r in line]
+                err = [[y - speed(r, "q3_ms") for y, r in zip(ys, line)], [speed(r, "q1_ms") - y for y, r in zip(ys, line)]]
+                ours = impl == "ours"
+                ax.errorbar([r["batch"] for r in line], ys, yerr=err, color=colours[model], capsize=2,
+                            marker="o" if ours else "s", ls="-" if ours else "--",
+                            label=f"{model} ({'archlab' if ours else impl})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.set_xlabel("batch size")
+    else:
+        impls = list(dict.fromkeys(r["impl"] if r["impl"] == "ours" else "reference" for r in rows))
+        width = 0.8 / max(1, max(sum(r["model"] == m for r in rows) for m in models))
+        for i, model in enumerate(models):
+            mine = [r for r in rows if r["model"] == model]
+            for j, r in enumerate(mine):
+                y = r["images_per_s"]
+                ours = r["impl"] == "ours"
+                ax.bar(i + (j - (len(mine) - 1) / 2) * width, y, width * 0.95, color=colours[model],
+                       alpha=1.0 if ours else 0.45, hatch=None if ours else "//", edgecolor="black",
+                       yerr=[[y - speed(r, "q3_ms")], [speed(r, "q1_ms") - y]], capsize=2)
+                # Inside the bar, from its foot: the implementation's library (its model name is the group's).
+                ax.annotate("archlab" if ours else r["impl"].split(":")[0], (i + (j - (len(mine) - 1) / 2) * width, 0),
+                            xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=8,
+                            rotation=90)
+        ax.set_xticks(range(len(models)), models, rotation=20, ha="right")
+        ax.set_xlabel(f"batch {batches[0]}" + ("" if impls == ["ours"] else "; hatched: the reference implementation"))
+    ax.set_ylabel("images / s (median; bars: interquartile range)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if len(batches) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_scaling(rows: Sequence[Any], constraint: float, path: Path) -> Path:
+    """``archlab scale --plot``: multiply-adds and parameters over B0's against phi (log scale): the formula's
+    promise ``constraint ** phi``, B0 scaled by the formula and measured, and the released B1–B7 measured
+    (rows of :func:`archlab.scaling_report.scaling_table`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=120)
+    formula = [r for r in rows if r.kind == "formula"]
+    released = [r for r in rows if r.kind == "released"]
+    phis = [r.phi for r in rows]
+    grid = [min(phis) + (max(phis) - min(phis)) * i / 100 for i in range(101)]
+    for ax, what in zip(axes, ("macs", "params")):
+        if what == "macs":
+            ax.plot(grid, [constraint**p for p in grid], color="black", ls="--", lw=1.5, zorder=5,
+                    label=f"the formula's promise: ({constraint:.3f})^phi")
+            ys_f, ys_r = [r.macs_ratio for r in formula], [r.macs_ratio for r in released]
+            ax.set_ylabel("multiply-adds over B0's at 224 (log scale)")
+            ax.set_title("FLOPs growth: the formula's promise and the networks built")
+        else:
+            ys_f, ys_r = [r.params_ratio for r in formula], [r.params_ratio for r in released]
+            ax.set_ylabel("parameters over B0's (log scale)")
+            ax.set_title("parameter growth (depth x width^2; resolution adds none)")
+        ax.plot([r.phi for r in formula], ys_f, "o-", label="B0 scaled by the formula (measured)")
+        if released:  # drawn from B0 (1, 1), which both series start from
+            ax.plot([0.0] + [r.phi for r in released], [1.0] + ys_r, "s-", label="released B1-B7 (measured)")
+            for r, y in zip(released, ys_r):
+                ax.annotate(r.model.replace("efficientnet_", ""), (r.phi, y), xytext=(4, -10),
+                            textcoords="offset points", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xlabel("phi (compound coefficient)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from archlab.cli import CLIError, console, print_json, transient_progress
+from archlab.cli import CLIError, console, draw_plot, plot_path, print_json, transient_progress
 from archlab.scaling import RELEASED, compound
 
 
@@ -38,6 +38,7 @@ class ScaledRow:
     macs: int
     macs_ratio: float  # measured multiply-adds over B0's at 224
     expected_ratio: float  # constraint ** phi: what the formula promises
+    params_ratio: float  # measured parameters over B0's
 
 
 def _measure(name: str, resolution: int, **kwargs: float) -> tuple[int, int]:
@@ -70,13 +71,13 @@ def scaling_table(
         s = compound(phi, alpha, beta, gamma)
         params, macs = _measure("efficientnet", s.resolution, phi=phi, alpha=alpha, beta=beta, gamma=gamma)
         rows.append(ScaledRow(f"efficientnet (phi={phi:g})", "formula", float(phi), s.depth_mult, s.width_mult,
-                              s.resolution, params, macs, macs / base_macs, s.flops_ratio))
+                              s.resolution, params, macs, macs / base_macs, s.flops_ratio, params / base_params))
         name = f"efficientnet_b{int(phi)}"
         if released and float(phi).is_integer() and 1 <= phi <= 7:
             r = RELEASED[name]
             params, macs = _measure(name, r.resolution)
             rows.append(ScaledRow(name, "released", float(phi), r.depth_mult, r.width_mult, r.resolution, params,
-                                  macs, macs / base_macs, s.flops_ratio))
+                                  macs, macs / base_macs, s.flops_ratio, params / base_params))
     return rows
 
 
@@ -108,10 +109,13 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=_coefficient, default=1.1, help="width base (default 1.1)")
     p.add_argument("--gamma", type=_coefficient, default=1.15, help="resolution base (default 1.15)")
     p.add_argument("--no-released", action="store_true", help="leave out the released B1-B7 rows")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw multiply-adds and parameters over B0's against phi, with the formula's promise")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def run_scale(args: argparse.Namespace) -> int:
+    plot = plot_path(args.plot)
     constraint = compound(0, args.alpha, args.beta, args.gamma).constraint
     biggest = max(args.phi)
     if constraint**biggest > 1e4:  # B0 is 0.39 GMACs: beyond ~4 TMACs a single image is not a useful network
@@ -124,6 +128,10 @@ def run_scale(args: argparse.Namespace) -> int:
         task = progress.add_task("B0", total=len(args.phi))
         rows = scaling_table(args.phi, args.alpha, args.beta, args.gamma, released=not args.no_released,
                              on_row=lambda i, phi: progress.update(task, completed=i, description=f"phi={phi:g}"))
+    if plot is not None:
+        from archlab.plots import plot_scaling
+
+        draw_plot(lambda r, p: plot_scaling(r, constraint, p), rows, plot)
     if args.json:
         print_json(dict(alpha=args.alpha, beta=args.beta, gamma=args.gamma, constraint=constraint,
                         rows=[asdict(r) for r in rows]))
@@ -142,4 +150,6 @@ def run_scale(args: argparse.Namespace) -> int:
                       f"{r.depth_mult:.3f}", f"{r.width_mult:.3f}", str(r.resolution), f"{r.params / 1e6:.2f}M",
                       f"{r.macs / 1e9:.3f}G", f"{r.macs_ratio:.2f}", f"{r.expected_ratio:.2f}")
     console().print(table)
+    if plot is not None:
+        console().print(f"plot written to {plot}")
     return 0

@@ -132,12 +132,23 @@ def test_table_output(capsys):
         (["resnet18", "--fused", "--mode", "train"], "--fused"),
         (["densenet121", "--input", "16"], "--input >= 29"),
         (["resnet18", "--repeats", "0"], "--repeats"),
+        (["resnet18", "--plot", "speed.txt"], ".png, .svg or .pdf"),
+        (["resnet18", "--plot", "/no/such/folder/speed.png"], "does not exist"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, argv, message):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("batches", ["1,2", "2"])  # a line per implementation against batch; bars for one batch
+def test_plot_of_images_per_second(capsys, tmp_path, batches):
+    png = tmp_path / "speed.png"
+    argv = ["cifar_resnet20", "mobilenet_v3_small", "--input", "32", "--batch", batches, "--vs", "torchvision"]
+    rows = run_json(capsys, [*argv, "--plot", str(png)])["rows"]
+    assert len(rows) == 3 * len(batches.split(","))  # the JSON on stdout is unchanged by the plot
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for machines without a GPU")

@@ -64,9 +64,17 @@ def test_table_output(capsys):
         (["--phi", "a,b"], "expected comma-separated numbers"),
         (["--alpha", "0.9"], "must be a finite number >= 1"),
         (["--phi", "60"], "choose a smaller phi"),
+        (["--plot", "growth.csv"], ".png, .svg or .pdf"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, argv, message):
     assert main(["scale", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_plot_of_growth_against_phi(capsys, tmp_path):
+    png = tmp_path / "growth.png"
+    assert main(["scale", "--phi", "0,1,2.5", "--plot", str(png)]) == 0
+    assert f"plot written to {png}" in capsys.readouterr().out.replace("\n", "")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

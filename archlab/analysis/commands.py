@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from archlab.cli import CLIError, console, positive_int, print_json, transient_progress
+from archlab.cli import CLIError, console, draw_plot, plot_path, positive_int, print_json, transient_progress
 
 SPEC_HELP = ("a registered model name (see `archlab list`), or NAME:key=value[,key=value...] to change its "
              "builder's arguments, e.g. resnet50:output_stride=8 or mobilenet_v2:width_mult=0.5")
@@ -31,28 +31,6 @@ def _pair(p: tuple[float, float] | None) -> str:
     if p is None:
         return "?"
     return _num(p[0]) if p[0] == p[1] else f"{_num(p[0])}x{_num(p[1])}"
-
-
-def _plot_path(text: str | None):
-    """The --plot file as a Path (None when not asked for), checked before any work is done."""
-    from pathlib import Path
-
-    if not text:
-        return None
-    plot = Path(text)
-    if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise CLIError(f"--plot takes a .png, .svg or .pdf file, got {text!r}")
-    if not plot.parent.is_dir():
-        raise CLIError(f"--plot: folder {str(plot.parent)!r} does not exist")
-    return plot
-
-
-def _draw(plotter, data, plot) -> None:
-    """``plotter(data, plot)``, a file that cannot be written being bad input (one line, exit 2)."""
-    try:
-        plotter(data, plot)
-    except OSError as exc:
-        raise CLIError(f"--plot: cannot write {str(plot)!r}: {exc.strerror or exc}") from None
 
 
 # ------------------------------------------------------------------------------------------- archlab summary
@@ -140,12 +118,12 @@ def add_trace_arguments(p: argparse.ArgumentParser) -> None:
 def run_trace(args: argparse.Namespace) -> int:
     from archlab.analysis.trace import stage_trace
 
-    plot = _plot_path(args.plot)
+    plot = plot_path(args.plot)
     traces = [stage_trace(name, args.input) for name in dict.fromkeys(args.names)]  # a name given twice: once
     if plot is not None:
         from archlab.plots import plot_stage_traces
 
-        _draw(plot_stage_traces, traces, plot)
+        draw_plot(plot_stage_traces, traces, plot)
     if args.json:
         print_json(traces[0].to_dict() if len(traces) == 1 else [t.to_dict() for t in traces])
         return 0
@@ -202,7 +180,7 @@ def run_erf(args: argparse.Namespace) -> int:
     from archlab.analysis.effective_rf import effective_receptive_field
     from archlab.registry import model_card, parse_model_spec
 
-    plot = _plot_path(args.plot)
+    plot = plot_path(args.plot)
     size = args.input or model_card(parse_model_spec(args.name)[0]).input_size
     if size > 1024:
         raise CLIError(f"--input {size}: the effective receptive field runs real forward and backward passes; "
@@ -218,7 +196,7 @@ def run_erf(args: argparse.Namespace) -> int:
     if plot is not None:
         from archlab.plots import plot_effective_rf
 
-        _draw(plot_effective_rf, erf, plot)
+        draw_plot(plot_effective_rf, erf, plot)
     if args.json:
         print_json(erf.to_dict())
         return 0
