@@ -1,0 +1,161 @@
+"""``archlab bench``: time models on this machine, against torchvision / timm in the same run (:mod:`archlab.bench`
+does the timing), and print a table, JSON or a plot."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from archlab.bench import SOURCES, Contender, Settings, bench_row, build_ours, build_reference, reference_for, summarize
+from archlab.cli import (
+    CLIError,
+    console,
+    draw_plot,
+    nonneg_int,
+    plot_path,
+    positive_int,
+    positive_ints,
+    print_json,
+    transient_progress,
+)
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names")
+    p.add_argument("--batch", type=positive_ints, default=[1, 8, 32], help="batch sizes, e.g. 1,8,32 (default)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--mode", choices=("infer", "train"), default="infer",
+                   help="infer: forward only; train: forward + backward + SGD step")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (all contenders)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (all contenders)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every contender (inference: with inductor freezing)")
+    p.add_argument("--fused", action="store_true", help="OUR models in inference form (infer only): BatchNorm folded into convs; on CPU each conv also "
+                        "runs with its activation / residual add as one oneDNN primitive (archlab.onednn)")
+    p.add_argument("--vs", default=None, metavar="SOURCES",
+                   help="also time the reference of the same architecture: torchvision, timm or torchvision,timm")
+    p.add_argument("--input", type=positive_int, default=None, metavar="N", help="input N x N (default: the card's)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed steps per contender (default 20)")
+    p.add_argument("--warmup", type=nonneg_int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw images/s per implementation (against batch size when several are timed)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    import archlab
+
+    for name in args.models:
+        card = archlab.model_card(name)  # UnknownModelError (a ValueError): one line, exit 2
+        size = card.input_size if args.input is None else args.input
+        if size < card.min_input_size:
+            raise CLIError(f"{name} needs --input >= {card.min_input_size}, got {size}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA GPU is available to PyTorch on this machine")
+    if args.fused and args.mode == "train":
+        raise CLIError("--fused is for --mode infer: a fused model has no BatchNorm left to train")
+    sources = [s.strip() for s in args.vs.split(",") if s.strip()] if args.vs else []
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown or (args.vs is not None and not sources):
+        raise CLIError(f"--vs takes a comma-separated list of {', '.join(SOURCES)}; got {args.vs!r}")
+    return sources
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import archlab
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    sources = _check_args(args)
+    plot = plot_path(args.plot)
+    settings = Settings(device=args.device, mode=args.mode, amp=args.amp, compile=args.compile,
+                        input_size=args.input, repeats=args.repeats, warmup=args.warmup)
+    plan, notes = [], []
+    for name in args.models:
+        refs = []
+        for source in sources:
+            ref = reference_for(name, source)
+            if ref is None:
+                notes.append(f"{name}: no {source} model of the same architecture; not compared")
+            else:
+                refs.append(ref)
+        size = archlab.model_card(name).input_size if args.input is None else args.input
+        for batch in args.batch:
+            plan.append((name, refs, batch, size))
+    total = sum((1 + len(refs)) * (args.warmup + args.repeats) for _, refs, _, _ in plan)
+    rows: list[dict[str, Any]] = []
+    # Progress on stderr, so that --json output on stdout stays clean.
+    progress = transient_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn())
+    with progress:
+        task = progress.add_task("bench", total=total)
+        for name, refs, batch, size in plan:
+            progress.update(task, description=f"{name} batch {batch}")
+            # Ours holds the (first) reference's weights: the same function on the same numbers.
+            contenders = [Contender("ours", lambda n=name, r=(refs or [None])[0]: build_ours(n, r),
+                                    args.channels_last, args.fused, is_ours=True)]
+            contenders += [Contender(r, lambda r=r: build_reference(r), args.channels_last) for r in refs]
+            try:
+                bench_row(contenders, batch, settings, size, on_step=lambda: progress.advance(task))
+            except torch.OutOfMemoryError:
+                raise CLIError(f"{name} at batch {batch}: out of memory on {args.device}") from None
+            except RuntimeError as exc:  # e.g. torch.compile without a C++ compiler
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise CLIError(f"{name} at batch {batch}: {first}") from exc
+            ours = summarize(contenders[0], batch)
+            for c in contenders:
+                row = dict(model=name, input=size, **summarize(c, batch))
+                # ours/theirs speed: > 1 means ours is faster.
+                row["ours_over_theirs"] = None if c.is_ours else row["median_ms"] / ours["median_ms"]
+                rows.append(row)
+    meta = dict(device=args.device, mode=args.mode, amp=args.amp, compile=args.compile,
+                channels_last=args.channels_last, fused=args.fused,
+                onednn=args.fused and args.device == "cpu",  # fused form with oneDNN conv+activation/add primitives
+                threads=torch.get_num_threads(),
+                torch=torch.__version__, repeats=args.repeats, warmup=args.warmup)
+    if plot is not None:
+        from archlab.plots import plot_bench
+
+        draw_plot(lambda r, p: plot_bench(r, _title(meta), p), rows, plot)
+    if args.json:
+        print_json(dict(settings=meta, rows=rows, notes=notes))
+        return 0
+    _print_table(rows, meta, notes)
+    if plot is not None:
+        console().print(f"plot written to {plot}")
+    return 0
+
+
+def _title(meta: dict[str, Any]) -> str:
+    fused = "fused (ours only" + ("; oneDNN conv+activation/add" if meta["onednn"] else "") + ")"
+    flags = [f for f, on in (("channels-last", meta["channels_last"]), (fused, meta["fused"]),
+                             ("compile", meta["compile"]), (meta["amp"], meta["amp"])) if on]
+    return f"{meta['mode']} on {meta['device']} ({meta['threads']} thread(s)){', ' if flags else ''}{', '.join(flags)}"
+
+
+def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any], notes: list[str]) -> None:
+    from rich.table import Table
+
+    table = Table(title=_title(meta), header_style="bold")
+    for col in ("model", "impl", "input", "batch", "median ms", "IQR ms", "min-max ms", "img/s", "peak mem",
+                "ours/theirs"):
+        table.add_column(col, justify="left" if col in ("model", "impl") else "right")
+    for r in rows:
+        ratio = r["ours_over_theirs"]
+        table.add_row(r["model"], r["impl"], str(r["input"]), str(r["batch"]), f"{r['median_ms']:.2f}",
+                      f"{r['iqr_ms']:.2f}", f"{r['min_ms']:.1f}-{r['max_ms']:.1f}", f"{r['images_per_s']:.1f}",
+                      _fmt_bytes(r["peak_mem_bytes"]), "-" if ratio is None else f"{ratio:.2f}x")
+    c = console()
+    if not c.is_terminal:
+        c.width = max(c.width, 160)  # piped to a file: don't squeeze the columns
+    c.print(table)
+    c.print("ours/theirs: our images/s over the reference's, same run, interleaved; > 1 means ours is faster. "
+            "peak mem: " + ("CUDA peak during a step + weights" if meta["device"] == "cuda"
+                            else "RSS rise during a step (activations; weights excluded)"))
+    for note in notes:
+        c.print(f"note: {note}")
