@@ -240,3 +240,38 @@ def plot_scaling(rows: Sequence[Any], constraint: float, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_layer_shares(summary: Any, path: Path) -> Path:
+    """``archlab summary --plot``: each row's share of the parameters, of the multiply-adds and (``--time``) of the
+    measured forward time, as horizontal bars, first layer at the top (:class:`archlab.analysis.summary.Summary`).
+    Where the bars of one row differ, cost is not where the counts say: depthwise convs are few MACs and much time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary.rows
+    timed = summary.time_ms is not None
+    series = [("parameters", [r.params / max(summary.params, 1) for r in rows], "0.6"),
+              ("multiply-adds", [r.share for r in rows], "tab:blue")]
+    if timed:
+        series.append(("measured time", [r.time_share or 0.0 for r in rows], "tab:orange"))
+    height = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.28 * len(rows) * (1 + 0.3 * len(series))), dpi=120)
+    for k, (label, shares, colour) in enumerate(series):
+        ys = [i + (k - (len(series) - 1) / 2) * height for i in range(len(rows))]
+        ax.barh(ys, [100 * v for v in shares], height * 0.95, color=colour, label=label)
+    ax.set_yticks(range(len(rows)), [f"{r.name} ({r.type})" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the whole network (%)")
+    h, w = summary.input_size
+    timing = f", {summary.time_ms:.1f} ms per forward (batch {summary.time_batch})" if timed else ""
+    ax.set_title(f"{summary.name} at {h}x{w}: {summary.params / 1e6:.2f}M params, {summary.macs / 1e9:.3f}G MACs"
+                 f"{timing}", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

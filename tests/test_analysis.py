@@ -370,6 +370,14 @@ def test_summary_command(capsys) -> None:
     assert "features.0" in capsys.readouterr().out
 
 
+def test_summary_plot_of_params_macs_and_time_shares(capsys, tmp_path) -> None:
+    png = tmp_path / "shares.png"
+    assert main(["summary", "mobilenet_v3_small", "--input", "64", "--time", "--plot", str(png), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)  # the JSON on stdout is unchanged by the plot
+    assert sum(r["time_share"] for r in data["rows"]) == pytest.approx(1.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
 def test_trace_command(capsys) -> None:
     assert main(["trace", "vgg11"]) == 0
     assert "224→112→56→28→14→7→1 and 3→64→128→256→512→4096" in capsys.readouterr().out
@@ -397,6 +405,7 @@ def test_trace_several_models_with_a_plot(capsys, tmp_path) -> None:
     (["trace", "vgg11", "--input", "16"], "minimum"),
     (["summary", "vgg11", "--input", "9999"], "larger than"),
     (["summary", "vgg11", "--depth", "0"], "depth"),
+    (["summary", "vgg11", "--plot", "shares.jpg"], ".png, .svg or .pdf"),
     (["trace", "vgg11", "--input", "abc"], "integer"),
 ])
 def test_commands_reject_bad_input_in_one_line(capsys, argv, message) -> None:

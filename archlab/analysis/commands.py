@@ -43,6 +43,8 @@ def add_summary_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=2, metavar="N", help="module nesting depth of the rows (default 2)")
     p.add_argument("--time", action="store_true",
                    help="also measure each row's time on this CPU (real forward passes, batch 1) beside its MACs")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw each row's share of params, MACs (and with --time, of the time) as bars")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     out.add_argument("--csv", action="store_true", help="print CSV instead of a table")
@@ -53,11 +55,16 @@ def run_summary(args: argparse.Namespace) -> int:
 
     if args.depth < 1:
         raise CLIError(f"--depth must be >= 1, got {args.depth}")
+    plot = plot_path(args.plot)
     s = summarize(args.name, args.input, depth=args.depth)
     if args.time:
         if s.input_size[0] * s.input_size[1] > 1024 * 1024:
             raise CLIError(f"--time runs real forward passes; use --input 1024 or less (got {s.input_size[0]})")
         s = with_times(s)
+    if plot is not None:
+        from archlab.plots import plot_layer_shares
+
+        draw_plot(plot_layer_shares, s, plot)
     if args.json:
         print_json(s.to_dict())
         return 0
@@ -100,6 +107,8 @@ def run_summary(args: argparse.Namespace) -> int:
             _pair(r.padding),
         )
     console().print(table)
+    if plot is not None:
+        console().print(f"plot written to {plot}")
     return 0
 
 
