@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -121,12 +122,48 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     fmt = p.add_mutually_exclusive_group(required=True)
     fmt.add_argument("--onnx", metavar="FILE", help="write ONNX, checked in onnxruntime")
     fmt.add_argument("--pt2", metavar="FILE", help="write a torch.export program (torch.export.load reads it)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--weights", metavar="FILE",
+                       help="the weights to export: an `archlab train` checkpoint, .safetensors, or a torchvision/timm "
+                            "state-dict file (default: random initialisation)")
+    which.add_argument("--pretrained", nargs="?", const=True, metavar="TAG",
+                       help="the released ImageNet weights (a TAG from `archlab card` picks another release)")
+    p.add_argument("--source", choices=("archlab", "torchvision", "timm"), default="archlab",
+                   help="naming convention of the --weights file's keys (default archlab)")
+    p.add_argument("--num-classes", type=positive_int, metavar="N",
+                   help="classifier size of the --weights file (default: recorded by archlab train, else the card's)")
     p.add_argument("--input", type=positive_int, default=None, metavar="N",
                    help="input size N x N (default: the card's)")
     p.add_argument("--fused", action="store_true", help="export the fused model (BatchNorm folded, dropout removed)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     p.add_argument("--repeats", type=int_at_least(1), default=10, help="timed runs of each (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def build_with_weights(name: str, weights: str | None = None, pretrained: bool | str | None = None,
+                       source: str = "archlab", num_classes: int | None = None) -> tuple[nn.Module, str]:
+    """The registered model ``name`` in eval mode with the weights to export, and a word on where they come from:
+    a checkpoint file (read without executing code; its class count from ``num_classes``, else the one ``archlab
+    train`` recorded, else the card's), the released weights, or (neither given) a random initialisation."""
+    import archlab
+    from archlab.train.evaluate import training_config
+    from archlab.weights import load_reference_weights, read_state_dict
+
+    if pretrained:
+        model = archlab.create_model(name, pretrained=pretrained)
+        return model.eval(), f"released weights {model.pretrained_weights.tag}"
+    if weights is None:
+        return archlab.create_model(name, **({"num_classes": num_classes} if num_classes else {})).eval(), \
+            "random initialisation"
+    path = Path(weights).expanduser()
+    state_dict = read_state_dict(path)
+    config = training_config(path)
+    if config and config.get("model") != name:
+        config = None  # another architecture's run: the key check names what does not fit
+    classes = num_classes or (config or {}).get("num_classes") or archlab.model_card(name).num_classes
+    model = archlab.create_model(name, num_classes=int(classes))
+    load_reference_weights(model, state_dict, source=source)
+    return model.eval(), str(path)
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:
@@ -149,7 +186,9 @@ def run_export(args: argparse.Namespace) -> int:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise CLIError(f"cannot write {path}: directory {parent} does not exist")
-    model = archlab.create_model(args.name).eval()
+    if args.pretrained and args.num_classes:
+        raise CLIError("--num-classes applies to --weights: the released weights classify the card's classes")
+    model, origin = build_with_weights(args.name, args.weights, args.pretrained, args.source, args.num_classes)
     if args.fused:
         model = fuse(model)
     what = "ONNX" if fmt == "onnx" else "torch.export"
@@ -171,7 +210,7 @@ def run_export(args: argparse.Namespace) -> int:
     tolerance = export_tolerance(scale)
     ok = diff <= tolerance
     runner = "onnxruntime" if fmt == "onnx" else "exported program"
-    result = dict(model=args.name, format=fmt, input=size, fused=args.fused, max_abs_diff=diff, output_scale=scale,
+    result = dict(model=args.name, weights=origin, format=fmt, input=size, fused=args.fused, max_abs_diff=diff, output_scale=scale,
                   tolerance=tolerance, matches=ok, torch_latency_ms=torch_ms, latency_batch=LATENCY_BATCH,
                   threads=torch.get_num_threads())
     if fmt == "onnx":
@@ -186,6 +225,8 @@ def run_export(args: argparse.Namespace) -> int:
         detail = f"opset {opset}" if fmt == "onnx" else "torch.export program"
         c.print(f"exported {args.name}{' (fused)' if args.fused else ''} -> {path} ({detail}, "
                 f"input {size}x{size}, dynamic batch)")
+        c.print(f"weights: {origin}" + (" (give --weights FILE or --pretrained for trained ones)"
+                                        if origin == "random initialisation" else ""))
         c.print(f"{runner} vs PyTorch: max |diff| = {diff:.2e} on outputs up to {scale:.2e} "
                 f"(tolerance {tolerance:.0e}) {verdict}")
         c.print(f"latency, batch {LATENCY_BATCH}, {torch.get_num_threads()} thread(s): {runner} {exported_ms:.2f} ms, "

@@ -172,6 +172,10 @@ def test_export_prints_check_and_latency(tmp_path, capsys):
         (["export", "resnet18", "--pt2", "x.pt2", "--opset", "13"], "--opset applies to --onnx only"),
         (["export", "resnet18", "--onnx", "x.onnx", "--pt2", "x.pt2"], "not allowed with"),
         (["export", "resnet18", "--pt2", "/no/such/dir/x.pt2"], "does not exist"),
+        (["export", "resnet18", "--pt2", "x.pt2", "--weights", "no_such.pt"], "no checkpoint file"),
+        (["export", "resnet18", "--pt2", "x.pt2", "--pretrained", "--num-classes", "10"], "--num-classes applies"),
+        (["export", "resnet18", "--pt2", "x.pt2", "--pretrained", "NO_SUCH_TAG"], "unknown pretrained weights"),
+        (["export", "resnet18", "--pt2", "x.pt2", "--weights", "a.pt", "--pretrained"], "not allowed with"),
     ],
 )
 def test_export_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, message):
@@ -249,3 +253,49 @@ def test_saved_torch_export_program_runs_without_archlab(tmp_path):
         ref = model(x)
     assert_close_to(one, ref[:1])
     assert_close_to(five, ref)
+
+
+def _run_program(path, x):
+    with torch.no_grad():
+        return torch.export.load(str(path)).module()(x)
+
+
+def test_export_takes_a_train_checkpoint_and_its_class_count(tmp_path, capsys):
+    """The file holds the given weights, not a fresh initialisation; the class count comes from the run."""
+    from archlab.train.checkpoint import save_checkpoint
+
+    trained = archlab.create_model("cifar_resnet20", num_classes=7)
+    randomize_norms_moderately(trained)
+    trained.eval()
+    ckpt = save_checkpoint(tmp_path, {"config": {"model": "cifar_resnet20", "num_classes": 7},
+                                      "model": trained.state_dict()})
+    out_file = tmp_path / "m.pt2"
+    argv = ["export", "cifar_resnet20", "--weights", str(ckpt), "--pt2", str(out_file), "--repeats", "1", "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == str(ckpt)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert_close_to(_run_program(out_file, x), trained(x))
+
+
+def test_export_takes_a_reference_state_dict(tmp_path, capsys):
+    ref = torchvision.models.mobilenet_v3_small()
+    randomize_norms_moderately(ref)
+    ref.eval()
+    weights, onnx_file = tmp_path / "tv.pth", tmp_path / "m.onnx"
+    torch.save(ref.state_dict(), weights)
+    argv = ["export", "mobilenet_v3_small", "--weights", str(weights), "--source", "torchvision", "--fused",
+            "--onnx", str(onnx_file), "--input", "64", "--repeats", "1"]
+    assert main(argv) == 0
+    assert f"weights: {weights}" in capsys.readouterr().out.replace("\n", "")
+    import onnxruntime as ort
+
+    x = torch.randn(2, 3, 64, 64)
+    got = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert_close_to(torch.from_numpy(got), ref(x))
+
+
+def test_export_without_weights_says_they_are_random(tmp_path, capsys):
+    assert main(["export", "cifar_resnet20", "--onnx", str(tmp_path / "m.onnx"), "--repeats", "1"]) == 0
+    assert "random initialisation" in capsys.readouterr().out

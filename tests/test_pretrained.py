@@ -190,3 +190,20 @@ def test_a_file_put_in_the_cache_by_hand_must_be_the_released_one(tmp_path) -> N
         torch.hub.set_dir(old_dir)
     assert archlab.create_model("resnet18", pretrained=None).fc.out_features == 1000  # None: no weights
 
+
+
+def test_export_of_the_released_weights(hub, tmp_path, capsys) -> None:
+    import json
+
+    from archlab.cli import main
+
+    path = tmp_path / "m.pt2"
+    argv = ["export", "mobilenet_v3_small", "--pretrained", "--pt2", str(path), "--input", "64", "--repeats", "1",
+            "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["weights"].startswith("released weights IMAGENET1K_V1")
+    torch.manual_seed(0)
+    ref = build_reference(archlab.model_card("mobilenet_v3_small")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(str(path)).module()(x), ref(x), rtol=1e-5, atol=1e-5)

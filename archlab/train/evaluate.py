@@ -84,7 +84,6 @@ def evaluate_weights(
     is reported key by key.
     """
     from archlab.registry import create_model, model_card
-    from archlab.train.checkpoint import FORMAT
     from archlab.train.data import DataError, Preprocessing, build_data, make_eval_loader
     from archlab.weights import load_reference_weights, read_state_dict
 
@@ -98,7 +97,7 @@ def evaluate_weights(
     else:
         path = Path(weights).expanduser()
         state_dict = read_state_dict(path)
-        run_config = _run_config(path, FORMAT)
+        run_config = training_config(path)
         if run_config and run_config.get("model") != model_name:
             run_config = None  # another architecture's run: the key check below names what does not fit
         recorded = run_config.get("preprocessing") if run_config else None
@@ -123,11 +122,14 @@ def evaluate_weights(
             "preprocessing": prep.to_dict(), **metrics}
 
 
-def _run_config(path: Path, fmt: str) -> dict[str, Any] | None:
-    """The config stored in an ``archlab train`` checkpoint, or None for any other file."""
+def training_config(path: Path) -> dict[str, Any] | None:
+    """The config stored in an ``archlab train`` checkpoint (model, num_classes, preprocessing ...), or None for
+    any other file. Read with ``weights_only=True``, like every checkpoint here."""
+    from archlab.train.checkpoint import FORMAT
+
     if path.suffix == ".safetensors":
         return None
-    obj = torch.load(path, map_location="cpu", weights_only=True)  # already read safely once by read_state_dict
-    if isinstance(obj, dict) and obj.get("format") == fmt and isinstance(obj.get("config"), dict):
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("config"), dict):
         return obj["config"]
     return None
