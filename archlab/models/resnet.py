@@ -257,7 +257,8 @@ _INNOVATIONS = {
 # torchvision figures: params = meta["num_params"], multiply-adds = meta["_ops"] (its "GFLOPS", which counts
 # multiply-adds) at 224, top-1 = meta["_metrics"] of the IMAGENET1K_V1 weights (torchvision 0.29).
 # SE figures: params = exact count of timm's architecture; multiply-adds: none published for this layout (see
-# _SE_NOTE); top-1 = the authors' released weights (github.com/hujie-frank/SENet README, 224 single crop: SE-ResNet-50 22.37% error).
+# _SE_NOTE); top-1 = the authors' released weights (github.com/hujie-frank/SENet README, 224 single crop: SE-ResNet-50
+# 22.37% error, SE-ResNeXt-101 (32x4d) 19.81%).
 _VARIANTS = [
     # name, paper, depth, groups, base_width, se, params, macs, top1
     ("resnet18", "resnet", 18, 1, 64, False, 11_689_512, 1_814_000_000, 69.758),
@@ -269,10 +270,12 @@ _VARIANTS = [
     ("resnext101_32x8d", "resnext", 101, 32, 8, False, 88_791_336, 16_414_000_000, 79.312),
     ("resnext101_64x4d", "resnext", 101, 64, 4, False, 83_455_272, 15_460_000_000, 83.246),
     ("wide_resnet50_2", "wide", 50, 1, 128, False, 68_883_240, 11_398_000_000, 78.468),
+    ("wide_resnet101_2", "wide", 101, 1, 128, False, 126_886_696, 22_753_000_000, 78.848),
     ("seresnet50", "se", 50, 1, 64, True, 28_088_024, None, 77.63),
     ("seresnet101", "se", 101, 1, 64, True, 49_326_872, None, 78.25),
     ("seresnet152", "se", 152, 1, 64, True, 66_821_848, None, 78.66),
     ("seresnext50_32x4d", "se", 50, 32, 4, True, 27_559_896, None, 79.03),
+    ("seresnext101_32x4d", "se", 101, 32, 4, True, 48_955_416, None, 80.19),
 ]
 
 _FAMILIES = {"resnet": "resnet", "resnext": "resnext", "wide": "wide_resnet", "se": "se_resnet"}
@@ -292,6 +295,7 @@ _PREPROCESSING = {
     "seresnet101": dict(interpolation="bicubic"),
     "seresnet152": dict(interpolation="bicubic"),
     "seresnext50_32x4d": dict(interpolation="bicubic"),
+    "seresnext101_32x4d": dict(interpolation="bicubic"),
 }
 
 for _name, _paper, _depth, _groups, _base_width, _se, _params, _macs, _top1 in _VARIANTS:
