@@ -66,6 +66,8 @@ _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 TIMM_WEIGHTS: dict[str, tuple[str, float, str, tuple[float, ...], tuple[float, ...]]] = {
     "seresnet50": ("timm/seresnet50.a1_in1k", 0.95, "bicubic", *_IMAGENET),
     "seresnext50_32x4d": ("timm/seresnext50_32x4d.racm_in1k", 0.875, "bicubic", *_IMAGENET),
+    "seresnext101_32x4d": ("timm/seresnext101_32x4d.gluon_in1k", 0.875, "bicubic", *_IMAGENET),
+    "mobilenet_v3_small_075": ("timm/mobilenetv3_small_075.lamb_in1k", 0.875, "bicubic", *_IMAGENET),
     "mobilenet_v1": ("timm/mobilenetv1_100.ra4_e3600_r224_in1k", 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3),
 }
 

@@ -99,6 +99,29 @@ def test_v3_width_sweep_matches_torchvision(name: str, width: float) -> None:
     assert_same_outputs(ours, ref, "torchvision")
 
 
+@pytest.mark.parametrize("name, timm_name, macs_m", [("mobilenet_v3_large_075", "mobilenetv3_large_075", 155),
+                                                     ("mobilenet_v3_small_075", "mobilenetv3_small_075", 44)])
+def test_v3_paper_width_rule_gives_the_papers_075_models(name: str, timm_name: str, macs_m: int) -> None:
+    """The paper's Table 3 models (and timm's): expansion ratio x rounded input width, the pooled layer unscaled;
+    their multiply-adds within 2% of the paper's; torchvision's rule at 0.75 is a different, smaller network."""
+    import timm
+
+    from archlab.analysis.profile import profile
+
+    ours = archlab.create_model(name)
+    assert count_params(ours) == count_params(timm.create_model(timm_name))
+    assert ours.num_features == (1280 if "large" in name else 1024)
+    assert profile(ours, input_size=224).macs == pytest.approx(macs_m * 1e6, rel=0.02)
+    variant = name.removesuffix("_075")
+    shrunk = archlab.create_model(variant, width_mult=0.75, width_rule="torchvision")
+    assert shrunk.num_features == (960 if "large" in name else 768) and count_params(shrunk) < count_params(ours)
+    # At 1.0 the two rules are the same network.
+    same = [archlab.create_model(variant, width_rule=rule).state_dict() for rule in ("torchvision", "paper")]
+    assert {k: v.shape for k, v in same[0].items()} == {k: v.shape for k, v in same[1].items()}
+    with pytest.raises(ValueError, match="width_rule"):
+        archlab.create_model(variant, width_rule="keras")
+
+
 # --- h-swish / h-sigmoid ------------------------------------------------------------------------------------------
 
 finite_floats = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)

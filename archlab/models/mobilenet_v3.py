@@ -143,8 +143,21 @@ class InvertedResidualSE(nn.Module):
         return self.block(x)
 
 
+WIDTH_RULES = ("torchvision", "paper")
+
+
 class MobileNetV3(PooledClassifierNet):
-    """MobileNet V3 from a bneck table: stem, blocks, 1x1 conv, pool, 1x1 'conv' (a Linear) with h-swish, FC."""
+    """MobileNet V3 from a bneck table: stem, blocks, 1x1 conv, pool, 1x1 'conv' (a Linear) with h-swish, FC.
+
+    ``width_mult`` scales the widths by one of two rules, identical at 1.0:
+
+    * ``"torchvision"``: every width of the table, expanded widths and the pooled 1280/1024 layer included, is
+      scaled and rounded to a multiple of 8 (torchvision's ``width_mult``);
+    * ``"paper"``: the rule of the authors' TensorFlow code, behind the paper's Table 3 (MobileNetV3-Large 0.75:
+      4.0M params, 155M MAdds) and timm's ``mobilenetv3_*_075``: a block's expanded width is its expansion
+      *ratio* (the table's exp / its input width) times the already rounded input width, and the pooled layer
+      keeps its full width, which protects accuracy at small multipliers for the price of a few parameters.
+    """
 
     def __init__(
         self,
@@ -155,18 +168,25 @@ class MobileNetV3(PooledClassifierNet):
         in_chans: int = 3,
         drop_rate: float = 0.2,
         drop_path_rate: float = 0.0,
+        width_rule: str = "torchvision",
     ) -> None:
         super().__init__()
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        if width_rule not in WIDTH_RULES:
+            raise ValueError(f"width_rule must be one of {', '.join(WIDTH_RULES)}, got {width_rule!r}")
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.timm_key_map = timm_key_map(blocks)
 
         def width(chs: int) -> int:
-            # Every width, the expanded ones included, is scaled then rounded to a multiple of 8.
             return make_divisible(chs * width_mult, 8)
 
-        chs = width(STEM_CHANNELS)
+        def expanded(cfg: Bneck, in_table: int, in_chs: int) -> int:
+            if width_rule == "paper":
+                return make_divisible(in_chs * cfg.exp / in_table, 8)
+            return width(cfg.exp)
+
+        chs, in_table = width(STEM_CHANNELS), STEM_CHANNELS
         layers: list[nn.Module] = [ConvNormAct(in_chans, chs, 3, 2, act="hswish", **BN_ARGS)]
         reduction = 2
         self.feature_info = []
@@ -178,14 +198,14 @@ class MobileNetV3(PooledClassifierNet):
                 reduction *= cfg.stride
             # Stochastic depth rises linearly with depth (as timm does); torchvision has none (rate 0).
             rate = drop_path_rate * index / len(blocks)
-            layers.append(InvertedResidualSE(chs, cfg, width(cfg.exp), width(cfg.out), rate))
-            chs = width(cfg.out)
+            layers.append(InvertedResidualSE(chs, cfg, expanded(cfg, in_table, chs), width(cfg.out), rate))
+            chs, in_table = width(cfg.out), cfg.out
         head_chs = LAST_CONV_EXPANSION * chs
         layers.append(ConvNormAct(chs, head_chs, 1, act="hswish", **BN_ARGS))
         self.feature_info.append(dict(module=f"features.{len(layers) - 1}", num_chs=head_chs, reduction=reduction))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = width(last_channels)
+        self.num_features = last_channels if width_rule == "paper" else width(last_channels)
         # On the pooled vector the paper's "conv2d 1x1, NBN" layers are Linear layers (torchvision's naming).
         self.classifier = nn.Sequential(
             nn.Linear(head_chs, self.num_features),
@@ -202,15 +222,29 @@ def mobilenet_v3(variant: str, width_mult: float = 1.0, **kwargs) -> MobileNetV3
     return MobileNetV3(blocks, last_channels, width_mult=width_mult, **kwargs)
 
 
-# Params, multiply-adds (torchvision's "GFLOPS", which counts multiply-adds) and top-1 from torchvision's
-# MobileNet_V3_*_Weights.IMAGENET1K_V1 metadata.
+# Params: the exact count of the reference (which the parity test checks). Multiply-adds and top-1: torchvision's
+# MobileNet_V3_*_Weights.IMAGENET1K_V1 metadata (its "GFLOPS" count multiply-adds) for the two torchvision models; the
+# paper's Table 3 for the 0.75 multipliers, built by the paper's width rule (our count: 154.6M and 43.4M MACs).
+_TORCHVISION = "torchvision IMAGENET1K_V1 weights"
+_PAPER = "paper Table 3"
 _VARIANTS = [
-    # name, params, macs, top1
-    ("mobilenet_v3_large", 5_483_032, 217_000_000, 74.042),
-    ("mobilenet_v3_small", 2_542_856, 57_000_000, 67.668),
+    # name, bneck table, width_mult, width rule, params, macs, top1, source of macs/top1, reference
+    ("mobilenet_v3_large", "mobilenet_v3_large", 1.0, "torchvision", 5_483_032, 217_000_000, 74.042, _TORCHVISION,
+     "torchvision:mobilenet_v3_large"),
+    ("mobilenet_v3_small", "mobilenet_v3_small", 1.0, "torchvision", 2_542_856, 57_000_000, 67.668, _TORCHVISION,
+     "torchvision:mobilenet_v3_small"),
+    ("mobilenet_v3_large_075", "mobilenet_v3_large", 0.75, "paper", 3_993_528, 155_000_000, 73.3, _PAPER,
+     "timm:mobilenetv3_large_075"),
+    ("mobilenet_v3_small_075", "mobilenet_v3_small", 0.75, "paper", 2_041_872, 44_000_000, 65.4, _PAPER,
+     "timm:mobilenetv3_small_075"),
 ]
+# timm's preprocessing for its 0.75 models (bicubic for the released small_075 weights).
+_PREPROCESSING = {
+    "mobilenet_v3_large_075": dict(crop_pct=0.875),
+    "mobilenet_v3_small_075": dict(interpolation="bicubic", crop_pct=0.875),
+}
 
-for _name, _params, _macs, _top1 in _VARIANTS:
+for _name, _blocks, _width, _rule, _params, _macs, _top1, _source, _reference in _VARIANTS:
     register(
         mobilenet_v3,
         ModelCard(
@@ -224,10 +258,14 @@ for _name, _params, _macs, _top1 in _VARIANTS:
             min_input_size=1,
             params=_params,
             macs=_macs,
-            macs_source="torchvision weights meta (_ops: multiply-adds)",
+            macs_source="torchvision weights meta (_ops: multiply-adds)" if _source == _TORCHVISION else _source,
             top1=_top1,
-            top1_source="torchvision IMAGENET1K_V1 weights",
-            reference=f"torchvision:{_name}",
-            default_kwargs=dict(variant=_name, width_mult=1.0),
+            top1_source=_source,
+            reference=_reference,
+            notes="" if _width == 1.0 else "Width multiplier 0.75 by the paper's rule (width_rule='paper': expansion "
+                  "ratios times the rounded input width, the pooled layer kept at full width), as timm's model; "
+                  "torchvision's rule (width_rule='torchvision') gives a smaller network.",
+            default_kwargs=dict(variant=_blocks, width_mult=_width, width_rule=_rule),
+            **_PREPROCESSING.get(_name, {}),
         ),
     )
