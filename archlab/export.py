@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from archlab.cli import CLIError, console, int_at_least, positive_int, print_json
+from archlab.cli import CLIError, console, positive_int, print_json
 from archlab.deploy import fuse
 
 LATENCY_BATCH = 2  # the batch the check runs and times; the export itself sees another one
@@ -136,7 +136,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="input size N x N (default: the card's)")
     p.add_argument("--fused", action="store_true", help="export the fused model (BatchNorm folded, dropout removed)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
-    p.add_argument("--repeats", type=int_at_least(1), default=10, help="timed runs of each (default 10)")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed runs of each (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 

@@ -374,7 +374,9 @@ def test_summary_plot_of_params_macs_and_time_shares(capsys, tmp_path) -> None:
     png = tmp_path / "shares.png"
     assert main(["summary", "mobilenet_v3_small", "--input", "64", "--time", "--plot", str(png), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)  # the JSON on stdout is unchanged by the plot
-    assert sum(r["time_share"] for r in data["rows"]) == pytest.approx(1.0)
+    # Rows timed one by one add up to about the whole pass (the rest is an "(other)" row).
+    assert all(0 <= r["time_share"] <= 1 for r in data["rows"])
+    assert sum(r["time_share"] for r in data["rows"]) == pytest.approx(1.0, abs=0.2)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
