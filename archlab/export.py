@@ -133,7 +133,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=positive_int, metavar="N",
                    help="classifier size of the --weights file (default: recorded by archlab train, else the card's)")
     p.add_argument("--input", type=positive_int, default=None, metavar="N",
-                   help="input size N x N (default: the card's)")
+                   help="input size N x N (default: the size an archlab train checkpoint was trained at, else the card's)")
     p.add_argument("--fused", action="store_true", help="export the fused model (BatchNorm folded, dropout removed)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     p.add_argument("--repeats", type=positive_int, default=10, help="timed runs of each (default 10)")
@@ -141,20 +141,23 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_with_weights(name: str, weights: str | None = None, pretrained: bool | str | None = None,
-                       source: str = "archlab", num_classes: int | None = None) -> tuple[nn.Module, str]:
-    """The registered model ``name`` in eval mode with the weights to export, and a word on where they come from:
-    a checkpoint file (read without executing code; its class count from ``num_classes``, else the one ``archlab
-    train`` recorded, else the card's), the released weights, or (neither given) a random initialisation."""
+                       source: str = "archlab", num_classes: int | None = None) -> tuple[nn.Module, str, int | None]:
+    """The registered model ``name`` in eval mode with the weights to export, a word on where they come from, and
+    the input size they were trained at where a training run recorded it (else None).
+
+    The weights: a checkpoint file (read without executing code; its class count from ``num_classes``, else the one
+    ``archlab train`` recorded, else the card's), the released weights, or (neither given) a random initialisation.
+    """
     import archlab
     from archlab.train.evaluate import training_config
     from archlab.weights import load_reference_weights, read_state_dict
 
     if pretrained:
         model = archlab.create_model(name, pretrained=pretrained)
-        return model.eval(), f"released weights {model.pretrained_weights.tag}"
+        return model.eval(), f"released weights {model.pretrained_weights.tag}", None
     if weights is None:
         return archlab.create_model(name, **({"num_classes": num_classes} if num_classes else {})).eval(), \
-            "random initialisation"
+            "random initialisation", None
     path = Path(weights).expanduser()
     state_dict = read_state_dict(path)
     config = training_config(path)
@@ -163,7 +166,8 @@ def build_with_weights(name: str, weights: str | None = None, pretrained: bool |
     classes = num_classes or (config or {}).get("num_classes") or archlab.model_card(name).num_classes
     model = archlab.create_model(name, num_classes=int(classes))
     load_reference_weights(model, state_dict, source=source)
-    return model.eval(), str(path)
+    trained_size = ((config or {}).get("preprocessing") or {}).get("input_size")
+    return model.eval(), str(path), int(trained_size) if trained_size else None
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:
@@ -174,9 +178,8 @@ def run_export(args: argparse.Namespace) -> int:
     import archlab
 
     card = archlab.model_card(args.name)  # UnknownModelError is a ValueError: one line, exit 2
-    size = card.input_size if args.input is None else args.input
-    if size < card.min_input_size:
-        raise CLIError(f"{args.name} needs --input >= {card.min_input_size}, got {size}")
+    if args.input is not None and args.input < card.min_input_size:
+        raise CLIError(f"{args.name} needs --input >= {card.min_input_size}, got {args.input}")
     fmt, path = ("onnx", args.onnx) if args.onnx else ("pt2", args.pt2)
     if fmt == "pt2" and args.opset is not None:
         raise CLIError("--opset applies to --onnx only")
@@ -188,7 +191,10 @@ def run_export(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot write {path}: directory {parent} does not exist")
     if args.pretrained and args.num_classes:
         raise CLIError("--num-classes applies to --weights: the released weights classify the card's classes")
-    model, origin = build_with_weights(args.name, args.weights, args.pretrained, args.source, args.num_classes)
+    model, origin, trained_size = build_with_weights(args.name, args.weights, args.pretrained, args.source,
+                                                     args.num_classes)
+    # The input size: asked for, else the one the training run used (a digits model is 32x32), else the card's.
+    size = args.input or trained_size or card.input_size
     if args.fused:
         model = fuse(model)
     what = "ONNX" if fmt == "onnx" else "torch.export"

@@ -267,13 +267,14 @@ def test_export_takes_a_train_checkpoint_and_its_class_count(tmp_path, capsys):
     trained = archlab.create_model("cifar_resnet20", num_classes=7)
     randomize_norms_moderately(trained)
     trained.eval()
-    ckpt = save_checkpoint(tmp_path, {"config": {"model": "cifar_resnet20", "num_classes": 7},
-                                      "model": trained.state_dict()})
+    config = {"model": "cifar_resnet20", "num_classes": 7, "preprocessing": {"input_size": 24}}
+    ckpt = save_checkpoint(tmp_path, {"config": config, "model": trained.state_dict()})
     out_file = tmp_path / "m.pt2"
     argv = ["export", "cifar_resnet20", "--weights", str(ckpt), "--pt2", str(out_file), "--repeats", "1", "--json"]
     assert main(argv) == 0
-    assert json.loads(capsys.readouterr().out)["weights"] == str(ckpt)
-    x = torch.randn(3, 3, 32, 32)
+    result = json.loads(capsys.readouterr().out)
+    assert result["weights"] == str(ckpt) and result["input"] == 24  # the size the run trained at
+    x = torch.randn(3, 3, 24, 24)
     with torch.no_grad():
         assert_close_to(_run_program(out_file, x), trained(x))
 
