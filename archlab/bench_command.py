@@ -32,7 +32,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (all contenders)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every contender (inference: with inductor freezing)")
-    p.add_argument("--fused", action="store_true", help="OUR models in inference form (infer only): BatchNorm folded into convs; on CPU each conv also "
+    p.add_argument("--fused", action="store_true",
+                   help="OUR models in inference form (infer only): BatchNorm folded into convs; on CPU each conv also "
                         "runs with its activation / residual add as one oneDNN primitive (archlab.onednn)")
     p.add_argument("--vs", default=None, metavar="SOURCES",
                    help="also time the reference of the same architecture: torchvision, timm or torchvision,timm")

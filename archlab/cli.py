@@ -27,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("archlab.compare", "the architecture comparison table: params, MACs, top-1, memory, latency"),
     "cost": ("archlab.analysis.cost", "one conv layer: standard vs grouped vs depthwise-separable cost"),
     "scale": ("archlab.scaling_report", "compound scaling measured: params and MACs of B0 scaled by phi vs 2^phi"),
-    "bench": ("archlab.bench_command", "time models (speed, memory), optionally against torchvision/timm in the same run"),
+    "bench": ("archlab.bench_command",
+              "time models (speed, memory), optionally against torchvision/timm in the same run"),
     "export": ("archlab.export", "export to ONNX or a torch.export program, checked by running the file"),
 }
 

@@ -133,7 +133,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=positive_int, metavar="N",
                    help="classifier size of the --weights file (default: recorded by archlab train, else the card's)")
     p.add_argument("--input", type=positive_int, default=None, metavar="N",
-                   help="input size N x N (default: the size an archlab train checkpoint was trained at, else the card's)")
+                   help="input size N x N (default: the size an archlab train checkpoint was trained at, "
+                        "else the card's)")
     p.add_argument("--fused", action="store_true", help="export the fused model (BatchNorm folded, dropout removed)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     p.add_argument("--repeats", type=positive_int, default=10, help="timed runs of each (default 10)")
@@ -216,8 +217,8 @@ def run_export(args: argparse.Namespace) -> int:
     tolerance = export_tolerance(scale)
     ok = diff <= tolerance
     runner = "onnxruntime" if fmt == "onnx" else "exported program"
-    result = dict(model=args.name, weights=origin, format=fmt, input=size, fused=args.fused, max_abs_diff=diff, output_scale=scale,
-                  tolerance=tolerance, matches=ok, torch_latency_ms=torch_ms, latency_batch=LATENCY_BATCH,
+    result = dict(model=args.name, weights=origin, format=fmt, input=size, fused=args.fused, max_abs_diff=diff,
+                  output_scale=scale, tolerance=tolerance, matches=ok, torch_latency_ms=torch_ms, latency_batch=LATENCY_BATCH,
                   threads=torch.get_num_threads())
     if fmt == "onnx":
         result.update(onnx=path, opset=opset, ort_latency_ms=exported_ms)

@@ -164,7 +164,8 @@ def plot_bench(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
             for impl in dict.fromkeys(r["impl"] for r in rows if r["model"] == model):
                 line = sorted((r for r in rows if r["model"] == model and r["impl"] == impl), key=lambda r: r["batch"])
                 ys = [r["images_per_s"] for r in line]
-                err = [[y - speed(r, "q3_ms") for y, r in zip(ys, line)], [speed(r, "q1_ms") - y for y, r in zip(ys, line)]]
+                err = [[y - speed(r, "q3_ms") for y, r in zip(ys, line)],
+                       [speed(r, "q1_ms") - y for y, r in zip(ys, line)]]
                 ours = impl == "ours"
                 ax.errorbar([r["batch"] for r in line], ys, yerr=err, color=colours[model], capsize=2,
                             marker="o" if ours else "s", ls="-" if ours else "--",
