@@ -242,3 +242,12 @@ def test_paired_ratio_pairs_the_steps_of_each_repeat():
     assert paired_ratio(theirs, ours) == pytest.approx((1.1, 1.0, 1.2))
     assert paired_ratio(Contender("t", lambda: None, times_ms=[3]), Contender("o", lambda: None, times_ms=[2])) \
         == (1.5, 1.5, 1.5)
+
+
+def test_fuse_reference_models_script_runs(capsys):
+    # benchmarks/fuse_reference_models.py with tiny settings: it checks outputs, times and prints one row per model.
+    module = load_script("fuse_reference_models")
+    assert module.main(["timm:mobilenetv3_small_100", "--input", "32", "--batch", "1", "--repeats", "1",
+                        "--warmup", "0"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| timm:mobilenetv3_small_100")]
+    assert len(row) == 1 and float(row[0].split("|")[-2]) < 1e-4
