@@ -23,7 +23,8 @@ from archlab.cli import (
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="registered model names, or a library's own model as torchvision:NAME / timm:NAME")
     p.add_argument("--batch", type=positive_ints, default=[1, 8, 32], help="batch sizes, e.g. 1,8,32 (default)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--mode", choices=("infer", "train"), default="infer",
@@ -33,11 +34,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every contender (inference: with inductor freezing)")
     p.add_argument("--fused", action="store_true",
-                   help="OUR models in inference form (infer only): BatchNorm folded into convs; on CPU each conv also "
-                        "runs with its activation / residual add as one oneDNN primitive (archlab.onednn)")
+                   help="the MODELS in inference form (infer only; not the --vs references): BatchNorm folded into "
+                        "convs; on CPU each conv also runs with its activation / residual add as one oneDNN "
+                        "primitive (archlab.onednn)")
     p.add_argument("--vs", default=None, metavar="SOURCES",
                    help="also time the reference of the same architecture: torchvision, timm or torchvision,timm")
-    p.add_argument("--input", type=positive_int, default=None, metavar="N", help="input N x N (default: the card's)")
+    p.add_argument("--input", type=positive_int, default=None, metavar="N",
+                   help="input N x N (default: the card's; 224 for a library's model)")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed steps per contender (default 20)")
     p.add_argument("--warmup", type=nonneg_int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--plot", default=None, metavar="FILE.png",
@@ -45,10 +48,32 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def external(name: str) -> bool:
+    """'torchvision:NAME' / 'timm:NAME': a reference library's own model, timed as it is (no --vs)."""
+    return name.split(":", 1)[0] in SOURCES and ":" in name
+
+
+def _check_external(name: str) -> None:
+    source, model = name.split(":", 1)
+    if source == "torchvision":
+        import torchvision
+
+        known = model in torchvision.models.list_models()
+    else:
+        import timm
+
+        known = timm.is_model(model)
+    if not known:
+        raise CLIError(f"unknown {source} model {model!r}")
+
+
 def _check_args(args: argparse.Namespace) -> list[str]:
     import archlab
 
     for name in args.models:
+        if external(name):
+            _check_external(name)
+            continue
         card = archlab.model_card(name)  # UnknownModelError (a ValueError): one line, exit 2
         size = card.input_size if args.input is None else args.input
         if size < card.min_input_size:
@@ -79,13 +104,18 @@ def run_bench(args: argparse.Namespace) -> int:
     plan, notes = [], []
     for name in args.models:
         refs = []
-        for source in sources:
+        for source in [] if external(name) else sources:
             ref = reference_for(name, source)
             if ref is None:
                 notes.append(f"{name}: no {source} model of the same architecture; not compared")
             else:
                 refs.append(ref)
-        size = archlab.model_card(name).input_size if args.input is None else args.input
+        if external(name):
+            if sources:
+                notes.append(f"{name} is a reference implementation itself: timed alone")
+            size = args.input or 224
+        else:
+            size = archlab.model_card(name).input_size if args.input is None else args.input
         for batch in args.batch:
             plan.append((name, refs, batch, size))
     total = sum((1 + len(refs)) * (args.warmup + args.repeats) for _, refs, _, _ in plan)
@@ -98,8 +128,12 @@ def run_bench(args: argparse.Namespace) -> int:
         for name, refs, batch, size in plan:
             progress.update(task, description=f"{name} batch {batch}")
             # Ours holds the (first) reference's weights: the same function on the same numbers.
-            contenders = [Contender("ours", lambda n=name, r=(refs or [None])[0]: build_ours(n, r),
-                                    args.channels_last, args.fused, is_ours=True)]
+            if external(name):  # the library's model as it is (fused too with --fused: fuse() takes any model)
+                contenders = [Contender(name, lambda n=name: build_reference(n), args.channels_last, args.fused,
+                                        is_ours=True)]
+            else:
+                contenders = [Contender("ours", lambda n=name, r=(refs or [None])[0]: build_ours(n, r),
+                                        args.channels_last, args.fused, is_ours=True)]
             contenders += [Contender(r, lambda r=r: build_reference(r), args.channels_last) for r in refs]
             try:
                 bench_row(contenders, batch, settings, size, on_step=lambda: progress.advance(task))

@@ -132,6 +132,8 @@ def test_table_output(capsys):
         (["resnet18", "--fused", "--mode", "train"], "--fused"),
         (["densenet121", "--input", "16"], "--input >= 29"),
         (["resnet18", "--repeats", "0"], "--repeats"),
+        (["timm:no_such_net"], "unknown timm model"),
+        (["torchvision:no_such_net"], "unknown torchvision model"),
         (["resnet18", "--plot", "speed.txt"], ".png, .svg or .pdf"),
         (["resnet18", "--plot", "/no/such/folder/speed.png"], "does not exist"),
     ],
@@ -251,3 +253,13 @@ def test_fuse_reference_models_script_runs(capsys):
                         "--warmup", "0"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| timm:mobilenetv3_small_100")]
     assert len(row) == 1 and float(row[0].split("|")[-2]) < 1e-4
+
+
+def test_a_librarys_own_model_is_timed_as_it_is_and_fused_on_request(capsys):
+    out = run_json(capsys, ["timm:mobilenetv3_small_100", "torchvision:resnet18", "--input", "32", "--batch", "1",
+                            "--fused", "--channels-last", "--vs", "timm"])
+    assert [(r["model"], r["impl"], r["fused"]) for r in out["rows"]] == [
+        ("timm:mobilenetv3_small_100", "timm:mobilenetv3_small_100", True),
+        ("torchvision:resnet18", "torchvision:resnet18", True)]
+    assert all(r["input"] == 32 and r["ours_over_theirs"] is None for r in out["rows"])
+    assert any("timed alone" in note for note in out["notes"])
