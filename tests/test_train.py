@@ -283,6 +283,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, reference_run):
                                     "run of tiny_cnn"),
         "batch size 0": (["train", "tiny_cnn", "--data", "digits", "--batch-size", "0"], "must be >= 1"),
         "unknown optimizer": (["train", "tiny_cnn", "--data", "digits", "--opt", "lamb"], "invalid choice"),
+        "unknown augmentation": (["train", "tiny_cnn", "--data", "digits", "--augment", "mixup"], "invalid choice"),
+        "erasing probability": (["train", "tiny_cnn", "--data", "digits", "--random-erase", "1.5"], "must be in"),
+        "resume with another augmentation": (["train", "tiny_cnn", "--data", "digits", "--resume", str(ref_dir),
+                                              "--augment", "trivial"], "differs from the resumed run"),
         "other architecture": (["eval", "tiny_wide", "--weights", ckpt, "--data", "digits", "--source", "archlab",
                                 "--num-classes", "10"], "wrong shapes"),
         "code in pickle": (["eval", "tiny_cnn", "--weights", str(evil), "--data", "digits"], "refused"),
@@ -305,3 +309,37 @@ def test_cifar_resnet20_reaches_97_percent_on_digits_with_the_defaults(capsys, t
     """The issue's acceptance figure, with the defaults a user gets: about 3 minutes on one core."""
     result = train_json(capsys, "cifar_resnet20", "--data", "digits", "--out", str(tmp_path / "run"))
     assert result["val_acc"] >= 97.0, result
+
+
+@pytest.mark.parametrize("policy, kind, expected", [("trivial", "imagefolder", "TrivialAugmentWide"),
+                                                    ("randaugment", "cifar", "RandAugment"),
+                                                    ("autoaugment", "cifar", "AutoAugmentPolicy.CIFAR10"),
+                                                    ("autoaugment", "imagefolder", "AutoAugmentPolicy.IMAGENET")])
+def test_augmentation_policies_are_per_sample_and_reproducible(policy, kind, expected):
+    """--augment / --random-erase add to the dataset's crop/flip; like every augmentation here, a sample's is a
+    function of (seed, epoch, index), which exact resume and 1-vs-N-process equality rest on."""
+    from archlab.train.data import Augmentation, Preprocessing, SeededDataset, train_transform
+
+    prep = Preprocessing(32, DIGITS_MEAN, DIGITS_STD, "bilinear", 1.0)
+    transform = train_transform(kind, prep, Augmentation(policy, random_erase=0.5))
+    assert expected in repr(transform) and "RandomErasing(p=0.5" in repr(transform)
+    assert "Augment" not in repr(train_transform(kind, prep)) and "Erasing" not in repr(train_transform(kind, prep))
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8, generator=g) for _ in range(4)]
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            from torchvision import tv_tensors
+
+            return transform(tv_tensors.Image(images[i]))
+
+    data = SeededDataset(Images(), seed=7)
+    first = [data[i] for i in range(4)]
+    assert all(torch.equal(a, data[i]) for i, a in enumerate(first))  # same (seed, epoch, index): same sample
+    data.set_epoch(1)
+    assert not all(torch.equal(a, data[i]) for i, a in enumerate(first))  # another epoch: other draws
+    with pytest.raises(ValueError, match="policy"):
+        Augmentation("cutout")

@@ -57,6 +57,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=_float_in(0, inf), help="linear LR warm-up (default 1; 5 ImageFolder)")
     p.add_argument("--label-smoothing", type=_float_in(0, 1), help="default 0.1 (0 for CIFAR)")
     p.add_argument("--drop-path", type=_float_in(0, 1), help="stochastic-depth rate (default 0)")
+    p.add_argument("--augment", choices=("none", "trivial", "randaugment", "autoaugment"),
+                   help="per-image augmentation policy on top of crop/flip (default none; torchvision's newer "
+                        "recipes use trivial)")
+    p.add_argument("--random-erase", type=_float_in(0, 1), metavar="P",
+                   help="random-erasing probability (default 0; torchvision's recipes use 0.1)")
     p.add_argument("--ema", type=_float_in(0, 1, lo_open=True), nargs="?", const=0.999, metavar="DECAY",
                    help="keep an EMA of the weights (decay 0.999 if no value) and validate it too")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast precision (CPU: bf16 only)")

@@ -88,9 +88,43 @@ def eval_transform(prep: Preprocessing) -> v2.Compose:
     ])
 
 
-def train_transform(kind: str, prep: Preprocessing) -> v2.Compose:
+AUGMENT_POLICIES = ("none", "trivial", "randaugment", "autoaugment")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Optional augmentation on top of each dataset's own crop/flip (the ingredients of torchvision's newer
+    recipes): a per-image ``policy`` — "trivial" (TrivialAugmentWide, Müller & Hutter 2021, arXiv:2103.10158),
+    "randaugment" (Cubuk et al. 2019, arXiv:1909.13719, 2 ops of magnitude 9) or "autoaugment" (Cubuk et al. 2018,
+    arXiv:1805.09501; the CIFAR-10 policy for CIFAR, the ImageNet one otherwise) — and random erasing with
+    probability ``random_erase`` (Zhong et al. 2017, arXiv:1708.04896) on the normalised tensor. Both run per
+    sample, so the seeded-sample rule (:class:`SeededDataset`) keeps them reproducible."""
+
+    policy: str = "none"
+    random_erase: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in AUGMENT_POLICIES:
+            raise ValueError(f"augmentation policy must be one of {', '.join(AUGMENT_POLICIES)}, got {self.policy!r}")
+        if not 0.0 <= self.random_erase <= 1.0:
+            raise ValueError(f"random_erase must be a probability in [0, 1], got {self.random_erase}")
+
+    def policy_transform(self, kind: str, interp: v2.InterpolationMode) -> list[Any]:
+        if self.policy == "trivial":
+            return [v2.TrivialAugmentWide(interpolation=interp)]
+        if self.policy == "randaugment":
+            return [v2.RandAugment(interpolation=interp)]
+        if self.policy == "autoaugment":
+            policy = v2.AutoAugmentPolicy.CIFAR10 if kind == "cifar" else v2.AutoAugmentPolicy.IMAGENET
+            return [v2.AutoAugment(policy, interpolation=interp)]
+        return []
+
+
+def train_transform(kind: str, prep: Preprocessing, augment: Augmentation = Augmentation()) -> v2.Compose:
     size, interp = prep.input_size, _interp(prep.interpolation)
     tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
+    if augment.random_erase > 0:
+        tail.append(v2.RandomErasing(p=augment.random_erase, value=0))
     if kind == "digits":
         # DigitsDataset is upsampled once at load time; digits are not mirror-symmetric, so the only
         # augmentation is a shift of up to 1/8 of the image (RandomAffine costs 3x more for no gain here).
@@ -102,7 +136,7 @@ def train_transform(kind: str, prep: Preprocessing) -> v2.Compose:
     else:
         head = [v2.ToImage(), v2.RandomResizedCrop(size, interpolation=interp, antialias=True),
                 v2.RandomHorizontalFlip()]
-    return v2.Compose(head + tail)
+    return v2.Compose(head + augment.policy_transform(kind, interp) + tail)
 
 
 # ------------------------------------------------------------------------------------------------- datasets
@@ -177,16 +211,18 @@ def describe_spec(spec: str) -> str:
     return "digits" if spec == "digits" else str(Path(spec).expanduser())
 
 
-def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: bool = True) -> DataBundle:
+def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: bool = True,
+               augment: Augmentation = Augmentation()) -> DataBundle:
     """Resolve a data SPEC into train/val datasets.
 
     ``prep_for(kind)`` gives the :class:`Preprocessing` for the dataset kind (the training command uses the
     dataset's own statistics for digits/CIFAR and the model card's for ImageFolder; evaluation uses the card's).
+    ``augment`` adds to the training split's transform (:class:`Augmentation`).
     """
     if spec == "digits":
         prep = prep_for("digits")
         split = _digits_split(prep.input_size, prep.interpolation)
-        train = DigitsDataset(*split["train"], train_transform("digits", prep)) if with_train else None
+        train = DigitsDataset(*split["train"], train_transform("digits", prep, augment)) if with_train else None
         val = DigitsDataset(*split["val"], eval_transform(prep))
         return DataBundle(train, val, 10, "digits", prep, val.classes)
     path = Path(spec).expanduser()
@@ -201,7 +237,7 @@ def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: 
         root, cls = cifar
         prep = prep_for("cifar")
         try:
-            train = cls(str(root), train=True, download=False, transform=train_transform("cifar", prep)) \
+            train = cls(str(root), train=True, download=False, transform=train_transform("cifar", prep, augment)) \
                 if with_train else None
             val = cls(str(root), train=False, download=False, transform=eval_transform(prep))
         except (RuntimeError, OSError, ValueError, KeyError) as exc:
@@ -216,7 +252,7 @@ def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: 
     if with_train and not train_dir.is_dir():
         raise DataError(f"{path} has no train/ sub-folder (expected {path}/train/<class>/<image>)")
     val = _image_folder(val_dir, eval_transform(prep))
-    train = _image_folder(train_dir, train_transform("imagefolder", prep)) if with_train else None
+    train = _image_folder(train_dir, train_transform("imagefolder", prep, augment)) if with_train else None
     if train is not None and train.classes != val.classes:
         raise DataError(f"{path}: train/ and val/ hold different class folders")
     return DataBundle(train, val, len(val.classes), "imagefolder", prep, list(val.classes))

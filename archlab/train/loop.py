@@ -3,7 +3,8 @@
 Ingredients, each a flag of ``archlab train``: SGD (Nesterov) or AdamW without weight decay on norms and
 biases; a per-step cosine schedule with linear warm-up (Loshchilov & Hutter 2016, "SGDR", arXiv:1608.03983;
 Goyal et al. 2017, arXiv:1706.02677); label smoothing (Szegedy et al. 2015, arXiv:1512.00567); stochastic depth
-(Huang et al. 2016, arXiv:1603.09382, via ``create_model(drop_path_rate=...)``); an exponential moving average of
+(Huang et al. 2016, arXiv:1603.09382, via ``create_model(drop_path_rate=...)``); TrivialAugment / RandAugment /
+AutoAugment and random erasing (:class:`archlab.train.data.Augmentation`); an exponential moving average of
 the weights; bf16/fp16 autocast; gradient-norm clipping; gradient checkpointing (:mod:`archlab.checkpointing`).
 
 Exactness: every piece of state the next step reads is in the checkpoint (see :mod:`archlab.train.checkpoint`),
@@ -29,8 +30,8 @@ import torch
 from torch import nn
 
 from archlab.train.checkpoint import capture_rng, restore_rng, save_checkpoint, seed_everything, state_digest
-from archlab.train.data import CIFAR_MEAN, CIFAR_STD, DIGITS_MEAN, DIGITS_STD, Preprocessing, build_data
-from archlab.train.data import make_eval_loader, make_train_loader
+from archlab.train.data import CIFAR_MEAN, CIFAR_STD, DIGITS_MEAN, DIGITS_STD, Augmentation, Preprocessing
+from archlab.train.data import build_data, make_eval_loader, make_train_loader
 from archlab.train.distributed import DistContext, all_reduce_sum, barrier, broadcast_buffers, gather_objects
 from archlab.train.distributed import wrap_model
 from archlab.train.evaluate import autocast, evaluate
@@ -53,6 +54,8 @@ class TrainConfig:
     sched: str = "cosine"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    augment: str = "none"  # per-image policy on top of crop/flip: none, trivial, randaugment, autoaugment
+    random_erase: float = 0.0  # random-erasing probability
     drop_path: float = 0.0
     ema: float = 0.0  # EMA decay; 0 = no EMA
     amp: str | None = None
@@ -242,7 +245,8 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world_size} processes")
     per_rank_batch = cfg.batch_size // ctx.world_size
     seed_everything(cfg.seed)
-    bundle = build_data(cfg.data, lambda kind: training_preprocessing(kind, cfg.model, cfg.input_size))
+    bundle = build_data(cfg.data, lambda kind: training_preprocessing(kind, cfg.model, cfg.input_size),
+                        augment=Augmentation(cfg.augment, cfg.random_erase))
     pretrained = cfg.pretrained if resume is None else False  # a resumed run's checkpoint holds every weight
     if pretrained:
         from archlab.pretrained import fetch, resolve_pretrained
