@@ -30,9 +30,11 @@ from archlab.train.checkpoint import load_checkpoint
 from archlab.train.data import DIGITS_MEAN, DIGITS_STD
 
 DIGITS = ["--data", "digits", "--input-size", "8"]
-# Exercises every stateful part of the loop: EMA, stochastic depth (RNG), warm-up + cosine, label smoothing.
+# Exercises every stateful part of the loop: EMA, stochastic depth (RNG), warm-up + cosine, label smoothing, and
+# every per-sample random draw of the data (augmentation policy, random erasing, MixUp / CutMix partners and weights).
 RECIPE = ["--epochs", "2", "--batch-size", "64", "--ema", "0.9", "--drop-path", "0.2", "--warmup-epochs", "0.5",
-          "--label-smoothing", "0.1", "--clip-grad", "5", "--no-channels-last", "--seed", "3"]
+          "--label-smoothing", "0.1", "--clip-grad", "5", "--no-channels-last", "--seed", "3", "--augment", "trivial",
+          "--random-erase", "0.25", "--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.8"]
 FORK = multiprocessing.get_context("fork")
 
 
@@ -286,7 +288,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, reference_run):
         "unknown augmentation": (["train", "tiny_cnn", "--data", "digits", "--augment", "mixup"], "invalid choice"),
         "erasing probability": (["train", "tiny_cnn", "--data", "digits", "--random-erase", "1.5"], "must be in"),
         "resume with another augmentation": (["train", "tiny_cnn", "--data", "digits", "--resume", str(ref_dir),
-                                              "--augment", "trivial"], "differs from the resumed run"),
+                                              "--augment", "randaugment"], "differs from the resumed run"),
         "other architecture": (["eval", "tiny_wide", "--weights", ckpt, "--data", "digits", "--source", "archlab",
                                 "--num-classes", "10"], "wrong shapes"),
         "code in pickle": (["eval", "tiny_cnn", "--weights", str(evil), "--data", "digits"], "refused"),
@@ -343,3 +345,30 @@ def test_augmentation_policies_are_per_sample_and_reproducible(policy, kind, exp
     assert not all(torch.equal(a, data[i]) for i, a in enumerate(first))  # another epoch: other draws
     with pytest.raises(ValueError, match="policy"):
         Augmentation("cutout")
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixed_samples_carry_targets_in_the_proportions_of_their_pixels(mixup, cutmix):
+    """Images filled with their class index: a mixed image's mean is then the class index averaged by its soft
+    target, whatever was mixed (MixUp weights, or CutMix's box area after clipping at the border)."""
+    from archlab.train.data import SeededDataset
+    from archlab.train.mixing import MixedDataset
+
+    class Constant(torch.utils.data.Dataset):
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):
+            return torch.full((3, 16, 16), float(i % 5)), i % 5
+
+    data = SeededDataset(MixedDataset(Constant(), 5, mixup_alpha=mixup, cutmix_alpha=cutmix), seed=1)
+    mixed = 0
+    for i in range(50):
+        image, target = data[i]
+        assert target.shape == (5,) and target.sum().item() == pytest.approx(1.0) and (target >= 0).all()
+        assert image.mean().item() == pytest.approx((target * torch.arange(5.0)).sum().item(), abs=1e-5)
+        mixed += int((target > 0).sum().item() > 1)
+        assert torch.equal(data[i][0], image)  # a pure function of (seed, epoch, index)
+    assert mixed > 25
+    with pytest.raises(ValueError, match="one of them > 0"):
+        MixedDataset(Constant(), 5)

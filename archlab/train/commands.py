@@ -62,6 +62,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "recipes use trivial)")
     p.add_argument("--random-erase", type=_float_in(0, 1), metavar="P",
                    help="random-erasing probability (default 0; torchvision's recipes use 0.1)")
+    p.add_argument("--mixup", type=_float_in(0, inf), metavar="ALPHA",
+                   help="MixUp with weights from Beta(ALPHA, ALPHA), partner drawn per sample (default off; 0.2)")
+    p.add_argument("--cutmix", type=_float_in(0, inf), metavar="ALPHA",
+                   help="CutMix with box areas from Beta(ALPHA, ALPHA) (default off; 1.0); with --mixup, "
+                        "either one per sample")
+    p.add_argument("--mix-prob", type=_float_in(0, 1, hi_open=False), metavar="P",
+                   help="chance that a sample is mixed at all (default 1)")
     p.add_argument("--ema", type=_float_in(0, 1, lo_open=True), nargs="?", const=0.999, metavar="DECAY",
                    help="keep an EMA of the weights (decay 0.999 if no value) and validate it too")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast precision (CPU: bf16 only)")

@@ -4,7 +4,8 @@ Ingredients, each a flag of ``archlab train``: SGD (Nesterov) or AdamW without w
 biases; a per-step cosine schedule with linear warm-up (Loshchilov & Hutter 2016, "SGDR", arXiv:1608.03983;
 Goyal et al. 2017, arXiv:1706.02677); label smoothing (Szegedy et al. 2015, arXiv:1512.00567); stochastic depth
 (Huang et al. 2016, arXiv:1603.09382, via ``create_model(drop_path_rate=...)``); TrivialAugment / RandAugment /
-AutoAugment and random erasing (:class:`archlab.train.data.Augmentation`); an exponential moving average of
+AutoAugment and random erasing (:class:`archlab.train.data.Augmentation`); MixUp / CutMix drawn per sample
+(:mod:`archlab.train.mixing`); an exponential moving average of
 the weights; bf16/fp16 autocast; gradient-norm clipping; gradient checkpointing (:mod:`archlab.checkpointing`).
 
 Exactness: every piece of state the next step reads is in the checkpoint (see :mod:`archlab.train.checkpoint`),
@@ -35,6 +36,7 @@ from archlab.train.data import build_data, make_eval_loader, make_train_loader
 from archlab.train.distributed import DistContext, all_reduce_sum, barrier, broadcast_buffers, gather_objects
 from archlab.train.distributed import wrap_model
 from archlab.train.evaluate import autocast, evaluate
+from archlab.train.mixing import MixedDataset, mixing_from_config, soft_accuracy_targets
 from archlab.train.runlog import plot_curves, write_config, write_metrics
 
 
@@ -56,6 +58,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: str = "none"  # per-image policy on top of crop/flip: none, trivial, randaugment, autoaugment
     random_erase: float = 0.0  # random-erasing probability
+    mixup: float = 0.0  # MixUp Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0 = off
+    mix_prob: float = 1.0  # chance that a sample is mixed when mixup or cutmix is on
     drop_path: float = 0.0
     ema: float = 0.0  # EMA decay; 0 = no EMA
     amp: str | None = None
@@ -263,7 +268,11 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
     ema = ModelEma(model, cfg.ema) if cfg.ema else None
     optimizer = build_optimizer(model, cfg)
     pin = device.type == "cuda"
-    loader, seeded, sampler = make_train_loader(bundle.train, per_rank_batch, cfg.seed, ctx.rank, ctx.world_size,
+    train_set = bundle.train
+    mixing = mixing_from_config(cfg)
+    if mixing:  # per sample, inside the seeded-sample rule (archlab.train.mixing)
+        train_set = MixedDataset(train_set, bundle.num_classes, **mixing)
+    loader, seeded, sampler = make_train_loader(train_set, per_rank_batch, cfg.seed, ctx.rank, ctx.world_size,
                                                 cfg.workers, pin)
     val_loader = make_eval_loader(bundle.val, per_rank_batch, ctx.rank, ctx.world_size, cfg.workers, pin)
     steps_per_epoch = len(sampler) // per_rank_batch
@@ -325,7 +334,7 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
                 with autocast(device, cfg.amp):
                     logits = net(images)
                     loss = criterion(logits, targets)
-                correct = (logits.detach().argmax(1) == targets).sum().item()
+                correct = (logits.detach().argmax(1) == soft_accuracy_targets(targets)).sum().item()
                 # One collective per step: the loss (NaN anywhere makes it NaN everywhere), accuracy, and
                 # whether any rank was asked to stop — so all ranks stop after the same step.
                 loss_sum, correct, n, stops = all_reduce_sum(
