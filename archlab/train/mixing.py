@@ -35,7 +35,6 @@ class MixedDataset(Dataset):
             raise ValueError(f"prob must be in [0, 1], got {prob}")
         self.dataset, self.num_classes, self.prob = dataset, num_classes, prob
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
-        self.classes = getattr(dataset, "classes", None)
 
     def __len__(self) -> int:
         return len(self.dataset)
