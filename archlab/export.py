@@ -128,7 +128,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                             "state-dict file (default: random initialisation)")
     which.add_argument("--pretrained", nargs="?", const=True, metavar="TAG",
                        help="the released ImageNet weights (a TAG from `archlab card` picks another release)")
-    p.add_argument("--source", choices=("archlab", "torchvision", "timm"), default="archlab",
+    p.add_argument("--source", choices=("archlab", "torchvision", "timm"), default=None,
                    help="naming convention of the --weights file's keys (default archlab)")
     p.add_argument("--num-classes", type=positive_int, metavar="N",
                    help="classifier size of the --weights file (default: recorded by archlab train, else the card's)")
@@ -192,8 +192,10 @@ def run_export(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot write {path}: directory {parent} does not exist")
     if args.pretrained and args.num_classes:
         raise CLIError("--num-classes applies to --weights: the released weights classify the card's classes")
-    model, origin, trained_size = build_with_weights(args.name, args.weights, args.pretrained, args.source,
-                                                     args.num_classes)
+    if args.source and args.weights is None:
+        raise CLIError("--source applies to --weights: it names the key convention of that file")
+    model, origin, trained_size = build_with_weights(args.name, args.weights, args.pretrained,
+                                                     args.source or "archlab", args.num_classes)
     # The input size: asked for, else the one the training run used (a digits model is 32x32), else the card's.
     size = args.input or trained_size or card.input_size
     if args.fused:

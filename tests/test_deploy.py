@@ -174,6 +174,7 @@ def test_export_prints_check_and_latency(tmp_path, capsys):
         (["export", "resnet18", "--pt2", "/no/such/dir/x.pt2"], "does not exist"),
         (["export", "resnet18", "--pt2", "x.pt2", "--weights", "no_such.pt"], "no checkpoint file"),
         (["export", "resnet18", "--pt2", "x.pt2", "--pretrained", "--num-classes", "10"], "--num-classes applies"),
+        (["export", "resnet18", "--pt2", "x.pt2", "--source", "timm"], "--source applies to --weights"),
         (["export", "resnet18", "--pt2", "x.pt2", "--pretrained", "NO_SUCH_TAG"], "unknown pretrained weights"),
         (["export", "resnet18", "--pt2", "x.pt2", "--weights", "a.pt", "--pretrained"], "not allowed with"),
     ],
