@@ -68,6 +68,8 @@ TIMM_WEIGHTS: dict[str, tuple[str, float, str, tuple[float, ...], tuple[float, .
     "seresnext50_32x4d": ("timm/seresnext50_32x4d.racm_in1k", 0.875, "bicubic", *_IMAGENET),
     "seresnext101_32x4d": ("timm/seresnext101_32x4d.gluon_in1k", 0.875, "bicubic", *_IMAGENET),
     "mobilenet_v3_small_075": ("timm/mobilenetv3_small_075.lamb_in1k", 0.875, "bicubic", *_IMAGENET),
+    "mobilenet_v2_140": ("timm/mobilenetv2_140.ra_in1k", 0.875, "bicubic", *_IMAGENET),
+    "mobilenet_v2_050": ("timm/mobilenetv2_050.lamb_in1k", 0.875, "bicubic", *_IMAGENET),
     "mobilenet_v1": ("timm/mobilenetv1_100.ra4_e3600_r224_in1k", 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3),
 }
 

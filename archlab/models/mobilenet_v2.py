@@ -146,25 +146,41 @@ def mobilenet_v2(width_mult: float = 1.0, **kwargs) -> MobileNetV2:
     return MobileNetV2(MOBILENET_V2_STAGES, width_mult=width_mult, **kwargs)
 
 
-# Params, multiply-adds (torchvision's "GFLOPS" 0.301, which counts multiply-adds) and top-1 from torchvision's
-# MobileNet_V2_Weights.IMAGENET1K_V1 metadata.
-register(
-    mobilenet_v2,
-    ModelCard(
-        name="mobilenet_v2",
-        family="mobilenet_v2",
-        year=2018,
-        paper="MobileNetV2: Inverted Residuals and Linear Bottlenecks",
-        arxiv="1801.04381",
-        innovation="Inverted residual blocks with linear bottlenecks (expand, depthwise, linear project)",
-        input_size=224,
-        min_input_size=1,
-        params=3_504_872,
-        macs=301_000_000,
-        macs_source="torchvision weights meta (_ops: multiply-adds)",
-        top1=71.878,
-        top1_source="torchvision IMAGENET1K_V1 weights",
-        reference="torchvision:mobilenet_v2",
-        default_kwargs=dict(width_mult=1.0),
-    ),
-)
+# Params: the exact count of the reference (checked by the parity test). Multiply-adds and top-1: torchvision's
+# MobileNet_V2_Weights.IMAGENET1K_V1 metadata for 1.0 (its "GFLOPS" 0.301 counts multiply-adds); for the other width
+# multipliers, the authors' released TF-slim checkpoints (research/slim/nets/mobilenet README: mobilenet_v2_1.4_224
+# 582M MACs, 75.0%; mobilenet_v2_0.5_224 97M, 65.4%), whose widths timm's mobilenetv2_140 / _050 share.
+_RELEASED = "the authors' TF-slim checkpoints (mobilenet README)"
+_VARIANTS = [
+    # name, width_mult, params, macs, macs source, top1, top1 source, reference
+    ("mobilenet_v2", 1.0, 3_504_872, 301_000_000, "torchvision weights meta (_ops: multiply-adds)", 71.878,
+     "torchvision IMAGENET1K_V1 weights", "torchvision:mobilenet_v2"),
+    ("mobilenet_v2_140", 1.4, 6_108_776, 582_000_000, _RELEASED, 75.0, _RELEASED, "timm:mobilenetv2_140"),
+    ("mobilenet_v2_050", 0.5, 1_968_680, 97_000_000, _RELEASED, 65.4, _RELEASED, "timm:mobilenetv2_050"),
+]
+# timm's preprocessing for its width variants' weights.
+_PREPROCESSING = {name: dict(interpolation="bicubic", crop_pct=0.875)
+                  for name in ("mobilenet_v2_140", "mobilenet_v2_050")}
+
+for _name, _width, _params, _macs, _macs_source, _top1, _top1_source, _reference in _VARIANTS:
+    register(
+        mobilenet_v2,
+        ModelCard(
+            name=_name,
+            family="mobilenet_v2",
+            year=2018,
+            paper="MobileNetV2: Inverted Residuals and Linear Bottlenecks",
+            arxiv="1801.04381",
+            innovation="Inverted residual blocks with linear bottlenecks (expand, depthwise, linear project)",
+            input_size=224,
+            min_input_size=1,
+            params=_params,
+            macs=_macs,
+            macs_source=_macs_source,
+            top1=_top1,
+            top1_source=_top1_source,
+            reference=_reference,
+            default_kwargs=dict(width_mult=_width),
+            **_PREPROCESSING.get(_name, {}),
+        ),
+    )
