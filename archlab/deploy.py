@@ -84,9 +84,8 @@ class _Tracer(fx.Tracer):
     Sequential into a new, unregistered one): their children are registered and traced as usual."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        # Modules that declare themselves leaves (archlab.onednn.FusedConv2d: control flow on the input's device,
-        # dtype and layout) are kept as one call.
-        # A BN-with-activation module is kept as one call so that it can be folded like a BatchNorm.
+        # Kept as one call: modules that declare themselves leaves (archlab.onednn.FusedConv2d: control flow on the
+        # input's device, dtype and layout), and BN-with-activation modules, so they fold like a BatchNorm.
         if getattr(m, "fx_leaf", False) or (isinstance(m, nn.BatchNorm2d) and _norm_act_tail(m) is not None):
             return True
         return super().is_leaf_module(m, module_qualified_name)

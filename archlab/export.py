@@ -150,8 +150,8 @@ def build_with_weights(name: str, weights: str | None = None, pretrained: bool |
     ``archlab train`` recorded, else the card's), the released weights, or (neither given) a random initialisation.
     """
     import archlab
-    from archlab.train.evaluate import training_config
-    from archlab.weights import load_reference_weights, read_state_dict
+    from archlab.train.evaluate import read_weights
+    from archlab.weights import load_reference_weights
 
     if pretrained:
         model = archlab.create_model(name, pretrained=pretrained)
@@ -160,10 +160,7 @@ def build_with_weights(name: str, weights: str | None = None, pretrained: bool |
         return archlab.create_model(name, **({"num_classes": num_classes} if num_classes else {})).eval(), \
             "random initialisation", None
     path = Path(weights).expanduser()
-    state_dict = read_state_dict(path)
-    config = training_config(path)
-    if config and config.get("model") != name:
-        config = None  # another architecture's run: the key check names what does not fit
+    state_dict, config = read_weights(path, name)
     classes = num_classes or (config or {}).get("num_classes") or archlab.model_card(name).num_classes
     model = archlab.create_model(name, num_classes=int(classes))
     load_reference_weights(model, state_dict, source=source)
@@ -200,7 +197,7 @@ def run_export(args: argparse.Namespace) -> int:
     size = args.input or trained_size or card.input_size
     if args.fused:
         model = fuse(model)
-    what = "ONNX" if fmt == "onnx" else "torch.export"
+    what, runner = ("ONNX", "onnxruntime") if fmt == "onnx" else ("torch.export", "exported program")
     try:
         if fmt == "onnx":
             export_onnx(model, path, size, opset=opset)
@@ -213,15 +210,14 @@ def run_export(args: argparse.Namespace) -> int:
         diff, scale, exported_ms, torch_ms = check(model, path, size, repeats=args.repeats)
     except Exception as exc:  # noqa: BLE001 - onnxruntime refuses the graph (an opset it cannot run ...)
         os.remove(path)  # an export that does not run is no export
-        runner = f"onnxruntime cannot run {args.name} exported at opset {opset}" if fmt == "onnx" else \
+        failure = f"onnxruntime cannot run {args.name} exported at opset {opset}" if fmt == "onnx" else \
             f"the saved torch.export program of {args.name} does not load and run"
-        raise CLIError(f"{runner} (file removed): {_first_line(exc)}") from None
+        raise CLIError(f"{failure} (file removed): {_first_line(exc)}") from None
     tolerance = export_tolerance(scale)
     ok = diff <= tolerance
-    runner = "onnxruntime" if fmt == "onnx" else "exported program"
     result = dict(model=args.name, weights=origin, format=fmt, input=size, fused=args.fused, max_abs_diff=diff,
-                  output_scale=scale, tolerance=tolerance, matches=ok, torch_latency_ms=torch_ms, latency_batch=LATENCY_BATCH,
-                  threads=torch.get_num_threads())
+                  output_scale=scale, tolerance=tolerance, matches=ok, torch_latency_ms=torch_ms,
+                  latency_batch=LATENCY_BATCH, threads=torch.get_num_threads())
     if fmt == "onnx":
         result.update(onnx=path, opset=opset, ort_latency_ms=exported_ms)
     else:
@@ -238,8 +234,8 @@ def run_export(args: argparse.Namespace) -> int:
                                         if origin == "random initialisation" else ""))
         c.print(f"{runner} vs PyTorch: max |diff| = {diff:.2e} on outputs up to {scale:.2e} "
                 f"(tolerance {tolerance:.0e}) {verdict}")
-        c.print(f"latency, batch {LATENCY_BATCH}, {torch.get_num_threads()} thread(s): {runner} {exported_ms:.2f} ms, "
-                f"PyTorch {torch_ms:.2f} ms (median of {args.repeats})")
+        c.print(f"latency, batch {LATENCY_BATCH}, {torch.get_num_threads()} thread(s): {runner} "
+                f"{exported_ms:.2f} ms, PyTorch {torch_ms:.2f} ms (median of {args.repeats})")
     if not ok:
         print(f"archlab: error: {runner} output differs from PyTorch by {diff:.2e} > {tolerance:.0e}",
               file=sys.stderr)

@@ -84,6 +84,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     Torch files are read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
     A checkpoint dict holding the weights under ``state_dict``, ``model``, ``model_state`` or ``ema`` is unwrapped.
     """
+    return unwrap_state_dict(read_checkpoint(path), str(path))
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """The whole object in a ``.safetensors`` file (a dict of tensors) or a torch checkpoint, read as
+    :func:`read_state_dict` reads it (never executing pickled code), for callers that want more than the weights."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"no checkpoint file at {path}")
@@ -106,7 +112,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: truncated or corrupt checkpoint ({_first_line(exc)})") from None
-    return unwrap_state_dict(obj, str(path))
+    return obj
 
 
 def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Tensor]:

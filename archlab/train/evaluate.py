@@ -96,10 +96,7 @@ def evaluate_weights(
         prep, source = released.preprocessing, released.source
     else:
         path = Path(weights).expanduser()
-        state_dict = read_state_dict(path)
-        run_config = training_config(path)
-        if run_config and run_config.get("model") != model_name:
-            run_config = None  # another architecture's run: the key check below names what does not fit
+        state_dict, run_config = read_weights(path, model_name)
         recorded = run_config.get("preprocessing") if run_config else None
         prep = Preprocessing.from_dict(recorded) if recorded else Preprocessing.from_card(card)
     bundle = build_data(data, lambda kind: prep, with_train=False)
@@ -122,14 +119,14 @@ def evaluate_weights(
             "preprocessing": prep.to_dict(), **metrics}
 
 
-def training_config(path: Path) -> dict[str, Any] | None:
-    """The config stored in an ``archlab train`` checkpoint (model, num_classes, preprocessing ...), or None for
-    any other file. Read with ``weights_only=True``, like every checkpoint here."""
+def read_weights(path: Path, model_name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """A weights file's state dict and, when the file is an ``archlab train`` checkpoint of ``model_name``, the
+    run's config (num_classes, preprocessing ...), else None; the file is read once, never executing code."""
     from archlab.train.checkpoint import FORMAT
+    from archlab.weights import read_checkpoint, unwrap_state_dict
 
-    if path.suffix == ".safetensors":
-        return None
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("config"), dict):
-        return obj["config"]
-    return None
+    obj = read_checkpoint(path)
+    config = obj.get("config") if isinstance(obj, dict) and obj.get("format") == FORMAT else None
+    if not isinstance(config, dict) or config.get("model") != model_name:
+        config = None  # not a run of this model: the key check names what does not fit
+    return unwrap_state_dict(obj, str(path)), config
