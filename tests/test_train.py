@@ -287,6 +287,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, reference_run):
         "unknown optimizer": (["train", "tiny_cnn", "--data", "digits", "--opt", "lamb"], "invalid choice"),
         "unknown augmentation": (["train", "tiny_cnn", "--data", "digits", "--augment", "mixup"], "invalid choice"),
         "erasing probability": (["train", "tiny_cnn", "--data", "digits", "--random-erase", "1.5"], "must be in"),
+        "mixing probability alone": (["train", "tiny_cnn", "--data", "digits", "--mix-prob", "0.5"], "--mix-prob"),
         "resume with another augmentation": (["train", "tiny_cnn", "--data", "digits", "--resume", str(ref_dir),
                                               "--augment", "randaugment"], "differs from the resumed run"),
         "other architecture": (["eval", "tiny_wide", "--weights", ckpt, "--data", "digits", "--source", "archlab",

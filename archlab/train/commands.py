@@ -171,6 +171,8 @@ def run_train(args: argparse.Namespace) -> int:
             raise CLIError(f"archlab train: {run_dir} already holds a run; continue it with --resume {run_dir} "
                            f"or choose another --out")
         cfg = resolve_config(args, run_dir)
+        if args.mix_prob is not None and not (cfg.mixup or cfg.cutmix):
+            raise CLIError("archlab train: --mix-prob applies with --mixup or --cutmix")
     ctx = init_distributed(cfg.device)
     try:
         progress_console = console(stderr=args.json)
