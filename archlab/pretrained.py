@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from archlab.registry import model_card
-from archlab.train.data import Preprocessing
+from archlab.preprocessing import Preprocessing
 from archlab.weights import WeightsError, load_reference_weights
 
 

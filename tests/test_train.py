@@ -321,7 +321,8 @@ def test_cifar_resnet20_reaches_97_percent_on_digits_with_the_defaults(capsys, t
 def test_augmentation_policies_are_per_sample_and_reproducible(policy, kind, expected):
     """--augment / --random-erase add to the dataset's crop/flip; like every augmentation here, a sample's is a
     function of (seed, epoch, index), which exact resume and 1-vs-N-process equality rest on."""
-    from archlab.train.data import Augmentation, Preprocessing, SeededDataset, train_transform
+    from archlab.preprocessing import Preprocessing
+    from archlab.train.data import Augmentation, SeededDataset, train_transform
 
     prep = Preprocessing(32, DIGITS_MEAN, DIGITS_STD, "bilinear", 1.0)
     transform = train_transform(kind, prep, Augmentation(policy, random_erase=0.5))

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets, tv_tensors
 from torchvision.transforms import v2
 
+from archlab.preprocessing import Preprocessing
+
 # Pixel statistics of each built-in dataset (train split), for normalisation.
 DIGITS_MEAN, DIGITS_STD = (0.3053,) * 3, (0.3760,) * 3
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -33,31 +35,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 class DataError(ValueError):
     """A data SPEC that cannot be read: missing folder, no classes, undecodable image ..."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes a network input at evaluation: resize the short side to ``input_size / crop_pct``,
-    centre-crop ``input_size``, scale to [0, 1], normalise with ``mean``/``std`` (the model card's fields)."""
-
-    input_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
-    crop_pct: float = 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(input_size=self.input_size, mean=list(self.mean), std=list(self.std),
-                    interpolation=self.interpolation, crop_pct=self.crop_pct)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
-        return cls(int(d["input_size"]), tuple(d["mean"]), tuple(d["std"]), d["interpolation"], float(d["crop_pct"]))
-
-    @classmethod
-    def from_card(cls, card: Any, input_size: int | None = None) -> "Preprocessing":
-        return cls(input_size or card.input_size, tuple(card.mean), tuple(card.std), card.interpolation,
-                   card.crop_pct)
 
 
 @dataclass

@@ -84,7 +84,8 @@ def evaluate_weights(
     is reported key by key.
     """
     from archlab.registry import create_model, model_card
-    from archlab.train.data import DataError, Preprocessing, build_data, make_eval_loader
+    from archlab.preprocessing import Preprocessing
+    from archlab.train.data import DataError, build_data, make_eval_loader
     from archlab.weights import load_reference_weights, read_state_dict
 
     card = model_card(model_name)

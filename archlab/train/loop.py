@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from archlab.preprocessing import Preprocessing
 from archlab.train.checkpoint import capture_rng, restore_rng, save_checkpoint, seed_everything, state_digest
-from archlab.train.data import CIFAR_MEAN, CIFAR_STD, DIGITS_MEAN, DIGITS_STD, Augmentation, Preprocessing
+from archlab.train.data import CIFAR_MEAN, CIFAR_STD, DIGITS_MEAN, DIGITS_STD, Augmentation
 from archlab.train.data import build_data, make_eval_loader, make_train_loader
 from archlab.train.distributed import DistContext, all_reduce_sum, barrier, broadcast_buffers, gather_objects
 from archlab.train.distributed import wrap_model
