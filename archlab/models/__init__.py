@@ -8,6 +8,7 @@ from archlab.models import (  # noqa: F401
     mobilenet_v1,
     mobilenet_v2,
     mobilenet_v3,
+    regnet,
     resnet,
     vgg,
 )
