@@ -5,6 +5,8 @@ from archlab.models import (  # noqa: F401
     cifar_resnet,
     densenet,
     efficientnet,
+    efficientnet_v2,
+    mnasnet,
     mobilenet_v1,
     mobilenet_v2,
     mobilenet_v3,
