@@ -12,7 +12,7 @@ Peak memory per step: on CUDA, ``torch.cuda.max_memory_allocated`` during one st
 it, plus the model's own parameters and buffers; on CPU (Linux), the peak rise of the process RSS while one step
 runs, sampled every 0.5 ms (activations and workspace; weights excluded); elsewhere ``None``.
 
-The ``archlab bench`` command is :mod:`archlab.bench_command`.
+The ``archlab bench`` command is :mod:`archlab.cli.bench`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Measured with ``benchmarks/grad_checkpointing.py`` (one training step, batch 8, 
 RSS, two runs on a shared CPU): ResNet-50 796-812 -> 526-544 MiB, EfficientNet-B0 771-801 -> 572-666 MiB, for a
 step 1.2-1.7x as long.
 
-The blocks are the units :func:`archlab.models.base.block_names` finds (a residual block of ResNet, an inverted
+The blocks are the units :func:`archlab.models.blocks.block_names` finds (a residual block of ResNet, an inverted
 residual of MobileNet, a dense layer of DenseNet, a conv layer of VGG). Training is unchanged, not approximately but
 exactly: the rerun replays the same random numbers (dropout, drop-path), and BatchNorm's running statistics are
 frozen while a block reruns, so that they see each batch once — a plain ``torch.utils.checkpoint`` would update them
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from archlab.models.base import block_names
+from archlab.models.blocks import block_names
 
 _CHECKPOINTED: dict[type, type] = {}  # block class -> its checkpointing subclass
 

@@ -205,7 +205,7 @@ def plot_bench(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
 def plot_scaling(rows: Sequence[Any], constraint: float, path: Path) -> Path:
     """``archlab scale --plot``: multiply-adds and parameters over B0's against phi (log scale): the formula's
     promise ``constraint ** phi``, B0 scaled by the formula and measured, and the released B1–B7 measured
-    (rows of :func:`archlab.scaling_report.scaling_table`)."""
+    (rows of :func:`archlab.analysis.scaling.scaling_table`)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from archlab.registry import model_card
+from archlab.cards import ModelCard
 from archlab.preprocessing import Preprocessing
 from archlab.weights import WeightsError, load_reference_weights
 
@@ -74,14 +74,14 @@ TIMM_WEIGHTS: dict[str, tuple[str, float, str, tuple[float, ...], tuple[float, .
 }
 
 
-def _torchvision_weights(name: str, reference: str) -> list[PretrainedWeights]:
+def _torchvision_weights(card: ModelCard) -> list[PretrainedWeights]:
     from torchvision.models import get_model_weights
 
     try:
-        enum = get_model_weights(reference)
+        enum = get_model_weights(card.reference_name)
     except ValueError:
         return []
-    card = model_card(name)
+    name = card.name
     out = []
     for w in enum:
         meta = w.meta
@@ -99,9 +99,10 @@ def _torchvision_weights(name: str, reference: str) -> list[PretrainedWeights]:
     return [replace(w, default=True) if w is chosen else w for w in out]
 
 
-def pretrained_weights(name: str) -> list[PretrainedWeights]:
-    """The released ImageNet checkpoints of a registered model (empty where none was released), default first."""
-    card = model_card(name)  # UnknownModelError for an unknown name
+def pretrained_weights(card: ModelCard) -> list[PretrainedWeights]:
+    """The released ImageNet checkpoints of a registered model, by its card (``archlab.model_card(name)``; empty
+    where none was released), default first."""
+    name = card.name
     if name in TIMM_WEIGHTS:
         repo, crop_pct, interpolation, mean, std = TIMM_WEIGHTS[name]
         url = f"https://huggingface.co/{repo}/resolve/main/model.safetensors"
@@ -109,13 +110,15 @@ def pretrained_weights(name: str) -> list[PretrainedWeights]:
         return [PretrainedWeights(name, repo.split(".", 1)[1], "timm", url, prep, default=True)]
     if card.reference_source != "torchvision":
         return []
-    found = _torchvision_weights(name, card.reference_name)
+    found = _torchvision_weights(card)
     return sorted(found, key=lambda w: not w.default)
 
 
-def resolve_pretrained(name: str, tag: bool | str = True) -> PretrainedWeights:
-    """The checkpoint ``pretrained=tag`` asks for: ``True`` for the default, or a tag (case-insensitive)."""
-    available = pretrained_weights(name)
+def resolve_pretrained(card: ModelCard, tag: bool | str = True) -> PretrainedWeights:
+    """The checkpoint ``pretrained=tag`` asks for of the model of ``card``: ``True`` for the default, or a tag
+    (case-insensitive)."""
+    name = card.name
+    available = pretrained_weights(card)
     if not available:
         raise ValueError(f"{name} has no released pretrained weights")
     if tag is True:

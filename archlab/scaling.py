@@ -13,7 +13,7 @@ alpha = 1.2, beta = 1.1, gamma = 1.15 (constraint value 1.92).
 
 The released B1–B7 do *not* use these formula values: their (width, depth, resolution) come from a fixed table
 in the reference code (:data:`RELEASED`). :func:`formula_vs_released` puts the two side by side; see
-docs/scaling.md.
+docs/scaling.md. :func:`archlab.analysis.scaling.scaling_table` measures both on real networks.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     same run, interleaved (see archlab.bench): ours/theirs speed per model, geometric mean per family.
     Goal (the issue's): every family at least as fast as the reference (geometric mean >= 1.00; --goal-a).
 (b) Our deployment form (``--fused --channels-last``: BatchNorm folded, and on CPU each conv run with its
-    activation / residual add as one oneDNN primitive, archlab.onednn) against torchvision eager in its default
+    activation / residual add as one oneDNN primitive, archlab.deploy.onednn) against torchvision eager in its default
     format and in channels-last, and against ours with BatchNorm folded only (the oneDNN step's own gain);
     geometric means over resnet50, resnext50_32x4d, mobilenet_v2, mobilenet_v3_large and efficientnet_b0.
     Goal (the issue's): >= 1.5x torchvision eager (--goal-b) and >= 1.1x torchvision channels-last

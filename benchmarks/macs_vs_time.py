@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 import archlab
-from archlab.analysis.summary import summarize, with_times
+from archlab.analysis.latency import with_times
+from archlab.analysis.summary import summarize
 
 MODELS = ["mobilenet_v2", "efficientnet_b0", "resnet50"]
 

@@ -479,7 +479,7 @@ def test_cost_command_bad_input_is_one_line_exit_2(capsys, argv, message) -> Non
 
 
 def test_summary_time_rows_add_up_to_the_forward_pass(capsys) -> None:
-    from archlab.analysis.summary import with_times
+    from archlab.analysis.latency import with_times
 
     s = with_times(summarize("mobilenet_v2", 64, depth=1))
     assert [r.name for r in s.rows] == ["features", "avgpool", "classifier", "(other)"]

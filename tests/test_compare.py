@@ -8,7 +8,7 @@ import pytest
 
 import archlab
 from archlab.cli import main
-from archlab.compare import DEFAULT_MODELS, compare
+from archlab.analysis.compare import DEFAULT_MODELS, compare
 from archlab.plots import pareto_front
 
 

@@ -214,7 +214,7 @@ EXPORT_FAMILIES = ["alexnet", "vgg11_bn", "resnet18", "seresnet50", "densenet121
 
 @pytest.mark.parametrize("name", EXPORT_FAMILIES)
 def test_torch_export_with_dynamic_batch_on_every_family(name):
-    from archlab.export import export_program
+    from archlab.deploy.export import export_program
 
     card = archlab.model_card(name)
     size = max(card.min_input_size, 32)
@@ -232,7 +232,7 @@ def test_torch_export_with_dynamic_batch_on_every_family(name):
 def test_saved_torch_export_program_runs_without_archlab(tmp_path):
     """The .pt2 file is self-contained: a Python that never imports archlab loads it and gives the model's
     outputs, at batch sizes other than the one the export saw."""
-    from archlab.export import export_program
+    from archlab.deploy.export import export_program
 
     model = archlab.create_model("mobilenet_v3_small")
     randomize_norms_moderately(model)

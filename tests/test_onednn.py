@@ -1,4 +1,4 @@
-"""The oneDNN inference form (archlab.onednn via deploy.fuse(onednn=True)): same outputs as the eval model on every
+"""The oneDNN inference form (archlab.deploy.onednn via deploy.fuse(onednn=True)): same outputs as the eval model on every
 family, the fused primitive really runs where it should and never where it must not, and the form behaves like a
 model (copies, state dicts, changed weights)."""
 
@@ -13,8 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import archlab
 from archlab.deploy import fuse
-from archlab.export import export_onnx
-from archlab.onednn import FusedConv2d, available
+from archlab.deploy.export import export_onnx
+from archlab.deploy.onednn import FusedConv2d, available
 from tests.test_deploy import assert_close_to, randomize_norms_moderately
 
 pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no oneDNN")

@@ -14,7 +14,7 @@ from archlab.pretrained import TIMM_WEIGHTS, pretrained_weights, resolve_pretrai
 from archlab.weights import WeightsError
 from helpers import build_reference, count_params
 
-WITH_WEIGHTS = [n for n in archlab.list_models() if pretrained_weights(n)]
+WITH_WEIGHTS = [n for n in archlab.list_models() if pretrained_weights(archlab.model_card(n))]
 # Cards whose preprocessing is the paper's, not that of the released weights' evaluation (the card's notes say so).
 CARD_DIFFERS_FROM_RELEASE = {"efficientnet_b2": "card: the paper's 260 px; torchvision evaluates its weights at 288"}
 
@@ -23,12 +23,12 @@ def test_every_model_with_a_released_reference_checkpoint_offers_it() -> None:
     expected = {n for n in archlab.list_models()
                 if archlab.model_card(n).reference_source == "torchvision" or n in TIMM_WEIGHTS}
     assert set(WITH_WEIGHTS) == expected
-    assert not pretrained_weights("cifar_resnet20") and not pretrained_weights("seresnet101")
+    assert not pretrained_weights(archlab.model_card("cifar_resnet20")) and not pretrained_weights(archlab.model_card("seresnet101"))
 
 
 @pytest.mark.parametrize("name", WITH_WEIGHTS)
 def test_released_weights_fit_the_model_and_the_card(name: str) -> None:
-    weights = pretrained_weights(name)
+    weights = pretrained_weights(archlab.model_card(name))
     assert [w.default for w in weights].count(True) == 1 and weights[0].default
     with torch.device("meta"):
         params = count_params(archlab.create_model(name))
@@ -63,7 +63,7 @@ def hub(tmp_path, monkeypatch):
 
     def download(url, dst, hash_prefix=None, progress=True):
         calls.append((url, hash_prefix))
-        name = next(w.model for n in WITH_WEIGHTS for w in pretrained_weights(n) if w.url == url)
+        name = next(w.model for n in WITH_WEIGHTS for w in pretrained_weights(archlab.model_card(n)) if w.url == url)
         torch.manual_seed(0)
         state = build_reference(archlab.model_card(name)).state_dict()
         if url.endswith(".safetensors"):
@@ -115,7 +115,7 @@ def test_pretrained_errors_say_what_is_wrong(hub, monkeypatch) -> None:
         archlab.create_model("resnet18", pretrained=True, in_chans=1)
     with pytest.raises(WeightsError, match="wrong shapes"):  # another architecture than the released one
         archlab.create_model("efficientnet", phi=1, pretrained=True)
-    assert resolve_pretrained("resnet50", "imagenet1k_v2").tag == "IMAGENET1K_V2"
+    assert resolve_pretrained(archlab.model_card("resnet50"), "imagenet1k_v2").tag == "IMAGENET1K_V2"
 
     def offline(url, dst, hash_prefix=None, progress=True):
         raise urllib.error.URLError("Name or service not known")
@@ -123,7 +123,7 @@ def test_pretrained_errors_say_what_is_wrong(hub, monkeypatch) -> None:
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsError) as info:
         archlab.create_model("vgg11", pretrained=True)
-    w = resolve_pretrained("vgg11")
+    w = resolve_pretrained(archlab.model_card("vgg11"))
     assert w.url in str(info.value) and str(w.cache_path) in str(info.value) and "\n" not in str(info.value)
 
 
@@ -153,7 +153,7 @@ def test_eval_pretrained_uses_the_released_preprocessing_and_refuses_other_class
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["pretrained"] == "IMAGENET1K_V1" and result["images"] == 1000
-    assert result["preprocessing"] == resolve_pretrained("mobilenet_v3_small").preprocessing.to_dict()
+    assert result["preprocessing"] == resolve_pretrained(archlab.model_card("mobilenet_v3_small")).preprocessing.to_dict()
     err = _one_line_failure(capsys, ["eval", "resnet18", "--pretrained", "--data", "digits"])
     assert "1000 classes" in err and "10" in err
     assert "available" in _one_line_failure(capsys, ["eval", "resnet18", "--pretrained", "V9", "--data", "digits"])
@@ -181,7 +181,7 @@ def test_a_file_put_in_the_cache_by_hand_must_be_the_released_one(tmp_path) -> N
     old_dir = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path))
     try:
-        w = resolve_pretrained("resnet18")
+        w = resolve_pretrained(archlab.model_card("resnet18"))
         w.cache_path.parent.mkdir(parents=True)
         torch.save(build_reference(archlab.model_card("resnet18")).state_dict(), w.cache_path)
         with pytest.raises(WeightsError, match="not the released file"):

@@ -9,7 +9,7 @@ import pytest
 import archlab
 from archlab.cli import main
 from archlab.scaling import compound
-from archlab.scaling_report import scaling_table
+from archlab.analysis.scaling import scaling_table
 
 
 def test_phi_zero_is_b0_and_released_rows_are_the_registered_models():

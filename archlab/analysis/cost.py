@@ -10,8 +10,6 @@ fewer operations for 3x3 kernels. ``H`` and ``W`` are the OUTPUT size; bias addi
 
 from __future__ import annotations
 
-import argparse
-
 
 def _check_positive(**values: int) -> None:
     for name, v in values.items():
@@ -57,27 +55,11 @@ def counted_macs(c_in: int, c_out: int, k: int, size: int, stride: int = 1, grou
     return profile(conv, size, training_memory=False).macs
 
 
-# ------------------------------------------------------------------------------------------------ archlab cost
-
-
-def add_cost_arguments(p: argparse.ArgumentParser) -> None:
-    from archlab.cli import positive_int, positive_ints
-
-    p.add_argument("--cin", type=positive_int, required=True, metavar="C", help="input channels")
-    p.add_argument("--cout", type=positive_int, required=True, metavar="C", help="output channels")
-    p.add_argument("--kernel", "-k", type=positive_int, default=3, metavar="K", help="kernel size (default 3)")
-    p.add_argument("--size", type=positive_int, required=True, metavar="N", help="input height = width")
-    p.add_argument("--stride", type=positive_int, default=1, help="stride (default 1); padding is k//2")
-    p.add_argument("--groups", type=positive_ints, default=[], metavar="LIST",
-                   help="also grouped convolutions with these group counts, e.g. 32 (ResNeXt)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
 def cost_rows(c_in: int, c_out: int, k: int, size: int, stride: int = 1, groups: list[int] = ()) -> list[dict]:
     """Standard, grouped and depthwise-separable versions of one conv layer: params, multiply-adds by the
     formula and as counted on a real layer, and cost relative to the standard conv."""
     if k % 2 == 0:
-        raise ValueError(f"--kernel must be odd (padding k//2 keeps the size), got {k}")
+        raise ValueError(f"kernel must be odd (padding k//2 keeps the size), got {k}")
     out = output_size(size, k, stride)
     standard = conv_cost(out, out, c_in, c_out, k)
     rows = [dict(layer=f"standard {k}x{k}", params=c_in * c_out * k * k, macs=standard,
@@ -96,29 +78,3 @@ def cost_rows(c_in: int, c_out: int, k: int, size: int, stride: int = 1, groups:
     for r in rows:
         r["relative"] = r["macs"] / standard
     return rows
-
-
-def run_cost(args: argparse.Namespace) -> int:
-    from archlab.cli import console, print_json
-
-    rows = cost_rows(args.cin, args.cout, args.kernel, args.size, args.stride, args.groups)
-    out = output_size(args.size, args.kernel, args.stride)
-    formula = separable_reduction(args.cout, args.kernel)
-    if args.json:
-        print_json(dict(c_in=args.cin, c_out=args.cout, kernel=args.kernel, input=args.size, output=out,
-                        stride=args.stride, separable_reduction_formula=formula, rows=rows))
-        return 0
-    from rich.table import Table
-
-    table = Table(title=f"{args.cin}->{args.cout} channels, {args.kernel}x{args.kernel}, {args.size}x{args.size} "
-                        f"input -> {out}x{out} output", header_style="bold",
-                  caption=f"formula: standard H·W·Cin·Cout·k², grouped /G, separable H·W·(Cin·k² + Cin·Cout); "
-                          f"counted: archlab.analysis.profile (torch.utils.flop_counter) on a real layer. "
-                          f"Separable/standard = 1/Cout + 1/k² = {formula:.4f}")
-    for col in ("layer", "params", "MACs (formula)", "MACs (counted)", "vs standard"):
-        table.add_column(col, justify="left" if col == "layer" else "right")
-    for r in rows:
-        table.add_row(r["layer"], f"{r['params']:,}", f"{r['macs']:,}", f"{r['counted']:,}",
-                      f"{r['relative']:.4f} ({1 / r['relative']:.1f}x fewer)" if r["relative"] < 1 else "1")
-    console().print(table)
-    return 0

@@ -18,12 +18,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from archlab.analysis.summary import owning_row
+from archlab.analysis.summary import LayerRow, Summary, owning_row
 
 
 def layer_times(
@@ -95,3 +96,18 @@ def layer_times(
             h.remove()
         model.train(was_training)
     return {r: statistics.median(v) for r, v in per_row.items()}, statistics.median(totals)
+
+
+def with_times(summary: Summary, model_or_name: nn.Module | str | None = None, batch_size: int = 1) -> Summary:
+    """``summary`` with each row's measured time and share of a forward pass on this machine
+    (:func:`layer_times`); ``model_or_name`` defaults to the summary's model name."""
+    names = [r.name for r in summary.rows if r.name != "(other)"]
+    times, total = layer_times(model_or_name or summary.name, names, summary.input_size, batch_size)
+    rows = [replace(r, time_ms=times[r.name], time_share=times[r.name] / total) for r in summary.rows
+            if r.name != "(other)"]
+    other_macs = sum(r.macs for r in summary.rows if r.name == "(other)")
+    rest = max(total - sum(times.values()), 0.0)
+    # Time outside every row: ops in the model's own forward (flatten, a functional residual at the top).
+    rows.append(LayerRow("(other)", "-", None, 0, other_macs, other_macs / summary.macs if summary.macs else 0.0,
+                         None, None, time_ms=rest, time_share=rest / total))
+    return replace(summary, rows=rows, time_ms=total, time_batch=batch_size)

@@ -9,7 +9,7 @@ exactly one row and the MAC shares add up to 100%.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ class LayerRow:
     stride: tuple[float, float] | None  # effective stride (jump) in input pixels
     padding: tuple[float, float] | None = None  # effective padding: how far the first unit's field starts before 0
     global_context: bool = False  # the units also see the whole image through a global pool (SE gate)
-    time_ms: float | None = None  # measured (see with_times), median over forward passes
+    time_ms: float | None = None  # measured (see archlab.analysis.latency.with_times), median over forward passes
     time_share: float | None = None  # of the measured forward pass, 0..1
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,7 +47,7 @@ class Summary:
     params: int
     macs: int
     rows: list[LayerRow]
-    time_ms: float | None = None  # a whole forward pass, measured (see with_times)
+    time_ms: float | None = None  # a whole forward pass, measured (see archlab.analysis.latency.with_times)
     time_batch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,20 +138,3 @@ def summarize(
         if rest:  # ops run directly in a parent's forward (a functional conv, say)
             rows.append(LayerRow("(other)", "-", None, 0, rest, rest / total.macs, None, None))
         return Summary(name, size, depth, count_params(model)[0], total.macs, rows)
-
-
-def with_times(summary: Summary, model_or_name: nn.Module | str | None = None, batch_size: int = 1) -> Summary:
-    """``summary`` with each row's measured time and share of a forward pass on this machine
-    (:func:`archlab.analysis.latency.layer_times`); ``model_or_name`` defaults to the summary's model name."""
-    from archlab.analysis.latency import layer_times
-
-    names = [r.name for r in summary.rows if r.name != "(other)"]
-    times, total = layer_times(model_or_name or summary.name, names, summary.input_size, batch_size)
-    rows = [replace(r, time_ms=times[r.name], time_share=times[r.name] / total) for r in summary.rows
-            if r.name != "(other)"]
-    other_macs = sum(r.macs for r in summary.rows if r.name == "(other)")
-    rest = max(total - sum(times.values()), 0.0)
-    # Time outside every row: ops in the model's own forward (flatten, a functional residual at the top).
-    rows.append(LayerRow("(other)", "-", None, 0, other_macs, other_macs / summary.macs if summary.macs else 0.0,
-                         None, None, time_ms=rest, time_share=rest / total))
-    return replace(summary, rows=rows, time_ms=total, time_batch=batch_size)

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from archlab.models.blocks import block_names  # noqa: F401 - the blocks of a model, named from here too
+
 
 class ArchNet(nn.Module):
     """Base class of every archlab model.
@@ -62,28 +64,6 @@ class ArchNet(nn.Module):
         from archlab.checkpointing import set_grad_checkpointing
 
         set_grad_checkpointing(self, enable)
-
-
-_CONTAINERS = (nn.ModuleList, nn.ModuleDict)
-
-
-def block_names(model: nn.Module) -> list[str]:
-    """Dotted names of the blocks: modules holding a convolution, found under plain containers only
-    (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``), in registration order."""
-    found: list[str] = []
-
-    def visit(prefix: str, module: nn.Module) -> None:
-        for child_name, child in module.named_children():
-            name = f"{prefix}{child_name}"
-            if not any(isinstance(m, nn.modules.conv._ConvNd) for m in child.modules()):
-                continue
-            if type(child) is nn.Sequential or isinstance(child, _CONTAINERS):
-                visit(name + ".", child)
-            else:
-                found.append(name)
-
-    visit("", model)
-    return found
 
 
 def check_num_classes(num_classes: int, allow_zero: bool = False) -> None:

@@ -151,7 +151,7 @@ def _digits_split(size: int, interp: str, split_seed: int = 0) -> dict[str, tupl
     return {"train": (images[idx_train], labels[idx_train]), "val": (images[idx_val], labels[idx_val])}
 
 
-def _cifar_root(path: Path) -> tuple[Path, type] | None:
+def cifar_root(path: Path) -> tuple[Path, type] | None:
     """(root for torchvision, dataset class) when ``path`` is a CIFAR python-format folder or its parent."""
     for folder, cls in (("cifar-10-batches-py", datasets.CIFAR10), ("cifar-100-python", datasets.CIFAR100)):
         if path.name == folder:
@@ -209,7 +209,7 @@ def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: 
         raise DataError(f"data {path} is not a folder")
     if not any(path.iterdir()):
         raise DataError(f"data folder {path} is empty")
-    cifar = _cifar_root(path)
+    cifar = cifar_root(path)
     if cifar:
         root, cls = cifar
         prep = prep_for("cifar")

@@ -93,7 +93,7 @@ def evaluate_weights(
     if pretrained:
         from archlab.pretrained import fetch, resolve_pretrained
 
-        released = resolve_pretrained(model_name, pretrained)
+        released = resolve_pretrained(card, pretrained)
         prep, source = released.preprocessing, released.source
     else:
         path = Path(weights).expanduser()

@@ -244,7 +244,7 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
     silent). Returns the final metrics. Raises :class:`TrainingDiverged` on a non-finite loss (nothing is
     saved, so the last checkpoint stays the last good one) and :class:`TrainingInterrupted` after a signal.
     """
-    from archlab.registry import create_model
+    from archlab.registry import create_model, model_card
 
     run_dir, device = Path(cfg.run_dir), ctx.device
     if cfg.batch_size % ctx.world_size:
@@ -258,7 +258,7 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
         from archlab.pretrained import fetch, resolve_pretrained
 
         if ctx.is_main:  # one download; the other ranks read the cached file
-            fetch(resolve_pretrained(cfg.model, pretrained))
+            fetch(resolve_pretrained(model_card(cfg.model), pretrained))
         barrier(ctx)
     model = create_model(cfg.model, num_classes=bundle.num_classes, drop_path_rate=cfg.drop_path,
                          pretrained=pretrained or False).to(device)

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from archlab.deploy import FuseSummary, TracedSubtree, _replace, _Tracer, traced_subtrees
+from archlab.deploy.fold import FuseSummary
+from archlab.deploy.graph import TracedSubtree, Tracer, replace_module, traced_subtrees
 
 # Activation module -> oneDNN eltwise post-op (name, scalars), as PyTorch's mkldnn fusion names them.
 _POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {
@@ -220,7 +221,7 @@ def _conv_nodes(graph: fx.Graph, modules: dict[str, nn.Module]) -> tuple[list[tu
 def _rewrite_block(block: nn.Module) -> fx.GraphModule | None:
     """``block`` re-traced with the epilogues its own ``forward`` code performs (a residual add, a functional or
     shared activation) fused into the conv before them; None when there are none. ``block`` is not modified."""
-    graph = _Tracer().trace(block)
+    graph = Tracer().trace(block)
     modules = dict(block.named_modules())
     convs, _ = _conv_nodes(graph, modules)
     fusions = []
@@ -258,7 +259,7 @@ def _rewrite_block(block: nn.Module) -> fx.GraphModule | None:
     rewritten.train(block.training)
     rewritten.post_ops = []
     for conv_name, act, residual, act_name in fusions:
-        _replace(rewritten, conv_name, FusedConv2d(block.get_submodule(conv_name), act, residual=residual))
+        replace_module(rewritten, conv_name, FusedConv2d(block.get_submodule(conv_name), act, residual=residual))
         rewritten.post_ops.append(f"{conv_name}{' + shortcut' if residual else ''}"
                                   f"{' -> ' + act_name if act_name else ''}")
     return rewritten
@@ -291,8 +292,8 @@ def fuse_conv_epilogues(model: nn.Module, summary: FuseSummary | None = None) ->
             if owner and traced.name(node.target).startswith(owner + "."):
                 blocks.add(owner)
     for conv_name, act_name in swaps:
-        _replace(model, conv_name, FusedConv2d(model.get_submodule(conv_name), model.get_submodule(act_name)))
-        _replace(model, act_name, nn.Identity())
+        replace_module(model, conv_name, FusedConv2d(model.get_submodule(conv_name), model.get_submodule(act_name)))
+        replace_module(model, act_name, nn.Identity())
         summary.post_ops.append(f"{conv_name} -> {act_name}")
     for name in sorted(blocks):
         try:
@@ -300,11 +301,11 @@ def fuse_conv_epilogues(model: nn.Module, summary: FuseSummary | None = None) ->
         except Exception:  # noqa: BLE001 - a block that does not trace on its own keeps its plain adds
             continue
         if rewritten is not None:
-            _replace(model, name, rewritten)
+            replace_module(model, name, rewritten)
             summary.post_ops += [f"{name}.{d}" for d in rewritten.post_ops]
     for name, m in list(model.named_modules()):
         if FusedConv2d.supports(m):  # the convs left (shortcut convs, convs before a pool ...): prepacked only
-            _replace(model, name, FusedConv2d(m))
+            replace_module(model, name, FusedConv2d(m))
     for p in model.parameters():
         p.requires_grad_(False)  # an inference form: without autograd the fused path applies outside no_grad too
     return model

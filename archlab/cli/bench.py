@@ -9,20 +9,11 @@ from typing import Any
 import torch
 
 from archlab.bench import SOURCES, Contender, Settings, bench_row, build_ours, build_reference, reference_for, summarize
-from archlab.cli import (
-    CLIError,
-    console,
-    draw_plot,
-    nonneg_int,
-    plot_path,
-    positive_int,
-    positive_ints,
-    print_json,
-    transient_progress,
-)
+from archlab.cli.args import CLIError, nonneg_int, plot_path, positive_int, positive_ints
+from archlab.cli.output import console, draw_plot, print_json, transient_progress
 
 
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="registered model names, or a library's own model as torchvision:NAME / timm:NAME")
     p.add_argument("--batch", type=positive_ints, default=[1, 8, 32], help="batch sizes, e.g. 1,8,32 (default)")
@@ -36,7 +27,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fused", action="store_true",
                    help="the MODELS in inference form (infer only; not the --vs references): BatchNorm folded into "
                         "convs; on CPU each conv also runs with its activation / residual add as one oneDNN "
-                        "primitive (archlab.onednn)")
+                        "primitive (archlab.deploy.onednn)")
     p.add_argument("--vs", default=None, metavar="SOURCES",
                    help="also time the reference of the same architecture: torchvision, timm or torchvision,timm")
     p.add_argument("--input", type=positive_int, default=None, metavar="N",
@@ -93,7 +84,7 @@ def _fmt_bytes(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.0f} MiB"
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import archlab
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 

@@ -1,108 +1,18 @@
-"""``archlab compare``: the seed's architecture comparison table, measured on this machine.
-
-For each model: the year and key innovation from its card, parameters and multiply-adds *measured* (by
-:func:`archlab.analysis.profile` on the meta device, at the card's resolution) beside the *published* figures with
-the difference in percent, the published ImageNet top-1 with its source, the activation memory of one forward pass,
-and a short CPU latency measurement at batch 1. ``--out DIR`` writes Markdown, CSV and JSON tables and two plots:
-top-1 against multiply-adds (the efficiency frontier) and top-1 against measured latency.
-"""
+"""``archlab compare``: the comparison table (:mod:`archlab.analysis.compare`) in the terminal, and with ``--out DIR``
+as Markdown, CSV and JSON tables and plots: top-1 against multiply-adds (the efficiency frontier), top-1 against
+measured latency, and the design patterns (resolution, channels, receptive field per stage)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-# The seed's comparison table, then the families it discusses without a row.
-DEFAULT_MODELS = [
-    "alexnet", "vgg16", "resnet50", "resnet152", "densenet201", "mobilenet_v2", "efficientnet_b0",
-    "efficientnet_b7", "resnext50_32x4d", "seresnet50", "mobilenet_v1", "mobilenet_v3_large",
-]
+from archlab.analysis.compare import DEFAULT_MODELS, Row, compare
+from archlab.cli.args import CLIError
+from archlab.cli.output import console, print_json, transient_progress
 
-
-@dataclass
-class Row:
-    name: str
-    family: str
-    year: int
-    resolution: int
-    params: int
-    params_published: int | None
-    macs: int
-    macs_published: int | None
-    top1: float | None
-    top1_source: str | None
-    activation_bytes: int
-    latency_ms: float | None
-    innovation: str
-
-    @staticmethod
-    def delta(measured: float, published: float | None) -> float | None:
-        return None if not published else 100.0 * (measured - published) / published
-
-    @property
-    def params_delta(self) -> float | None:
-        return self.delta(self.params, self.params_published)
-
-    @property
-    def macs_delta(self) -> float | None:
-        return self.delta(self.macs, self.macs_published)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(params_delta_pct=self.params_delta, macs_delta_pct=self.macs_delta)
-        return d
-
-
-def latency_budget_repeats(macs: int) -> int:
-    """Timed repeats for a short CPU measurement: fewer for the heavy models, so the whole table takes < 1 min."""
-    return 7 if macs < 1e9 else 3 if macs < 8e9 else 1
-
-
-def measure_row(name: str, bench: bool = True) -> Row:
-    """Profile one model at its card's resolution and, with ``bench``, time batch-1 CPU inference."""
-    import archlab
-    from archlab.analysis import profile
-
-    card = archlab.model_card(name)
-    prof = profile(name)
-    latency = None
-    if bench:
-        from archlab.bench import Contender, Settings, bench_row, summarize
-
-        contender = Contender(label="ours", build=lambda: archlab.create_model(name), is_ours=True)
-        settings = Settings(repeats=latency_budget_repeats(prof.macs), warmup=1)
-        bench_row([contender], batch=1, settings=settings, input_size=card.input_size, measure_memory=False)
-        latency = summarize(contender, 1)["median_ms"]
-    return Row(
-        name=name, family=card.family, year=card.year, resolution=card.input_size, params=prof.params,
-        params_published=card.params, macs=prof.macs, macs_published=card.macs, top1=card.top1,
-        top1_source=card.top1_source, activation_bytes=prof.activation_bytes, latency_ms=latency,
-        innovation=card.innovation,
-    )
-
-
-def compare(
-    names: list[str] | None = None, bench: bool = True, on_row: Callable[[int, str], None] | None = None
-) -> list[Row]:
-    """Measure every model of ``names`` (default: :data:`DEFAULT_MODELS`); ``on_row(i, name)`` before each."""
-    import archlab
-
-    names = list(names or DEFAULT_MODELS)
-    for name in names:
-        archlab.model_card(name)  # an unknown name fails before any measuring starts
-    rows = []
-    for i, name in enumerate(names):
-        if on_row:
-            on_row(i, name)
-        rows.append(measure_row(name, bench=bench))
-    return rows
-
-
-# ------------------------------------------------------------------------------------------------ rendering
 
 COLUMNS = ["model", "year", "params", "published", "Δ%", "MACs", "published", "Δ%", "top-1", "top-1 source",
            "act. mem", "CPU ms (b=1)", "key innovation"]
@@ -159,8 +69,6 @@ def print_table(rows: list[Row]) -> None:
     """A terminal-width table (the full one, with sources, goes to --out); key innovations listed below it."""
     from rich.table import Table
 
-    from archlab.cli import console
-
     table = Table(title="Architecture comparison: measured here, published figures from the model cards",
                   header_style="bold", caption="Δ: measured vs published; top-1 sources in compare.md (--out)")
     for col in ("model", "year", "params (Δ%)", "MACs @res (Δ%)", "top-1", "act. mem", "CPU ms b=1"):
@@ -175,10 +83,7 @@ def print_table(rows: list[Row]) -> None:
         out.print(f"[bold]{r.name}[/bold]: {r.innovation}", highlight=False)
 
 
-# --------------------------------------------------------------------------------------------- archlab compare
-
-
-def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", help=f"models to compare (default: {', '.join(DEFAULT_MODELS)})")
     p.add_argument("--out", type=Path, help="write compare.md/.csv/.json and the PNG plots to this folder")
     p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
@@ -187,8 +92,6 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check_out_dir(out: Path) -> None:
     """Fail before any measuring if ``out`` cannot be created and written."""
-    from archlab.cli import CLIError
-
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".archlab-write-test"
@@ -198,9 +101,8 @@ def _check_out_dir(out: Path) -> None:
         raise CLIError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
-def run_compare(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import archlab
-    from archlab.cli import console, print_json, transient_progress
 
     names = list(dict.fromkeys(args.models)) or DEFAULT_MODELS  # a name given twice: one row
     for name in names:

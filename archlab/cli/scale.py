@@ -1,84 +1,18 @@
-"""``archlab scale``: compound scaling measured (Tan & Le 2019, arXiv:1905.11946, section 3.3).
-
-The formula promises FLOPs that grow by ``(alpha * beta**2 * gamma**2) ** phi ≈ 2 ** phi``. This report builds
-the networks and counts: for each ``phi``, B0 scaled by :func:`archlab.scaling.compound` (``create_model(
-"efficientnet", phi=...)``) at the formula's resolution, and, for integer ``phi`` 1..7, the released
-EfficientNet-B{phi} at its released resolution. Parameters and multiply-adds are counted on the meta device
-(:func:`archlab.analysis.profile`), so even B7 at 600x600 costs well under a second and no memory.
-
-The measured growth differs from ``1.92 ** phi`` for reasons the formula ignores: channels are rounded to
-multiples of 8 and layer counts rounded up, the resolution is rounded, and the stem and head do not scale with
-depth. The released B1–B7 grow more slowly still: their coefficients are not the formula's (docs/scaling.md).
-"""
+"""``archlab scale``: compound scaling measured (Tan & Le 2019, arXiv:1905.11946, section 3.3): for each ``phi``,
+B0 scaled by the formula, and the released B1-B7, counted on the meta device
+(:func:`archlab.analysis.scaling.scaling_table`) beside the growth the formula promises,
+``(alpha * beta**2 * gamma**2) ** phi``."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import asdict
 
-import torch
-
-from archlab.cli import CLIError, console, draw_plot, plot_path, print_json, transient_progress
-from archlab.scaling import RELEASED, compound
-
-
-@dataclass(frozen=True)
-class ScaledRow:
-    """One scaled network, measured: its multipliers, resolution, params and multiply-adds."""
-
-    model: str  # "efficientnet (phi=1.5)" or "efficientnet_b3"
-    kind: str  # "formula" or "released"
-    phi: float
-    depth_mult: float
-    width_mult: float
-    resolution: int
-    params: int
-    macs: int
-    macs_ratio: float  # measured multiply-adds over B0's at 224
-    expected_ratio: float  # constraint ** phi: what the formula promises
-    params_ratio: float  # measured parameters over B0's
-
-
-def _measure(name: str, resolution: int, **kwargs: float) -> tuple[int, int]:
-    from archlab.analysis.meta import MetaFastPath
-    from archlab.analysis.profile import profile
-    from archlab.registry import create_model
-
-    with torch.device("meta"), MetaFastPath():  # no real weights: shapes are all the counting needs
-        model = create_model(name, **kwargs)
-    p = profile(model, input_size=resolution, training_memory=False)
-    return p.params, p.macs
-
-
-def scaling_table(
-    phis: list[float],
-    alpha: float = 1.2,
-    beta: float = 1.1,
-    gamma: float = 1.15,
-    released: bool = True,
-    on_row: Callable[[int, float], None] | None = None,
-) -> list[ScaledRow]:
-    """Measured params and multiply-adds of compound-scaled B0 for each ``phi`` (and of the released B1–B7
-    at the integer ``phi`` among them when ``released``), with the FLOPs growth the formula expects.
-    ``on_row(index, phi)`` is called before each ``phi`` is measured (for a progress bar)."""
-    base_params, base_macs = _measure("efficientnet_b0", 224)
-    rows = []
-    for index, phi in enumerate(phis):
-        if on_row:
-            on_row(index, phi)
-        s = compound(phi, alpha, beta, gamma)
-        params, macs = _measure("efficientnet", s.resolution, phi=phi, alpha=alpha, beta=beta, gamma=gamma)
-        rows.append(ScaledRow(f"efficientnet (phi={phi:g})", "formula", float(phi), s.depth_mult, s.width_mult,
-                              s.resolution, params, macs, macs / base_macs, s.flops_ratio, params / base_params))
-        name = f"efficientnet_b{int(phi)}"
-        if released and float(phi).is_integer() and 1 <= phi <= 7:
-            r = RELEASED[name]
-            params, macs = _measure(name, r.resolution)
-            rows.append(ScaledRow(name, "released", float(phi), r.depth_mult, r.width_mult, r.resolution, params,
-                                  macs, macs / base_macs, s.flops_ratio, params / base_params))
-    return rows
+from archlab.cli.args import CLIError, plot_path
+from archlab.cli.output import console, draw_plot, print_json, transient_progress
+from archlab.analysis.scaling import scaling_table
+from archlab.scaling import compound
 
 
 def _phi_list(text: str) -> list[float]:
@@ -102,7 +36,7 @@ def _coefficient(text: str) -> float:
     return value
 
 
-def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phi", type=_phi_list, default=[0, 1, 2, 3, 4, 5, 6, 7], metavar="LIST",
                    help="compound coefficients, e.g. 0,0.5,1 (default 0..7)")
     p.add_argument("--alpha", type=_coefficient, default=1.2, help="depth base (default 1.2, the paper's)")
@@ -114,7 +48,7 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def run_scale(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     plot = plot_path(args.plot)
     constraint = compound(0, args.alpha, args.beta, args.gamma).constraint
     biggest = max(args.phi)

@@ -1,0 +1,13 @@
+"""Deployment: the inference form of a model and its export, each step checked against the model it came from.
+
+- :mod:`~archlab.deploy.graph`: the model's torch.fx dataflow graph (tracing, sub-trees, module replacement).
+- :mod:`~archlab.deploy.fold`: BatchNorm folded into the conv before it (exact on every registered model).
+- :mod:`~archlab.deploy.onednn`: on CPU, each conv run with its activation / residual add as one oneDNN primitive.
+- :mod:`~archlab.deploy.form`: :func:`fuse`, the two above as one call.
+- :mod:`~archlab.deploy.export`: ONNX and torch.export (``.pt2``) files, checked by running them.
+"""
+
+from archlab.deploy.fold import FuseSummary, fold_bn_into_conv
+from archlab.deploy.form import fuse
+
+__all__ = ["FuseSummary", "fold_bn_into_conv", "fuse"]
