@@ -3,6 +3,7 @@
 from archlab.models import (  # noqa: F401
     alexnet,
     cifar_resnet,
+    convnext,
     densenet,
     efficientnet,
     efficientnet_v2,
