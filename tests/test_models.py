@@ -14,6 +14,9 @@ from helpers import count_params
 NAMES = archlab.list_models()
 # The deepest networks are costly to run backward at every size; they get the same checks on fewer inputs.
 VERY_DEEP = {"preact_resnet1001"}
+# ConvNeXt-L (198M parameters) is convnext_small/base's builder and blocks, wider: it keeps the forward/backward
+# and parameter checks, not every input-handling one again.
+VERY_DEEP |= {"convnext_large"}
 
 
 def small_size(name: str) -> int:

@@ -16,6 +16,9 @@ REFERENCED = [n for n in archlab.list_models() if archlab.model_card(n).referenc
 # (their layers are the same at any size; parity of the layers is what is tested).
 SIZES = {"default": [(224, 224), (193, 257)], "large": [(160, 160), (131, 197)]}
 LARGE = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "vgg19", "vgg19_bn", "resnext101_32x8d"}
+# ConvNeXt-B/L (89M / 198M parameters): ConvNeXt-T's blocks, wider (tests/test_convnext.py checks those with
+# LayerNorms and layer scales away from their init, which this test leaves at 1e-6).
+LARGE |= {"convnext_base", "convnext_large"}
 
 
 @pytest.mark.parametrize("name", REFERENCED)
