@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from archlab.api import require_module
 from archlab.models.blocks import block_names
 
 _CHECKPOINTED: dict[type, type] = {}  # block class -> its checkpointing subclass
@@ -76,7 +77,7 @@ def _checkpointed_class(cls: type) -> type:
 
 def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> list[str]:
     """Checkpoint (or stop checkpointing) every block of ``model`` in place; returns the block names."""
-    names = block_names(model)
+    names = block_names(require_module(model, "set_grad_checkpointing"))
     for name in names:
         block = model.get_submodule(name)
         base = getattr(type(block), "_archlab_block_class", type(block))

@@ -10,6 +10,7 @@ import ast
 import difflib
 import fnmatch
 import inspect
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -72,6 +73,49 @@ def _accepted_arguments(fn: Callable[..., Any]) -> set[str] | None:
     # The class's required arguments (a stage table ...) are the builder's to supply, not the user's.
     required = {n for n, p in inspect.signature(returned.__init__).parameters.items() if p.default is p.empty}
     return names | (inner - required)
+
+
+def _numeric_arguments(fn: Callable[..., Any]) -> dict[str, type]:
+    """Keyword arguments of ``fn`` (and, through ``**kwargs``, of the class its return annotation names) that take a
+    number: ``int`` or ``float`` by their annotation (``float | None`` included) or, unannotated, by their default."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: judge by the defaults alone
+        hints = {}
+    found: dict[str, type] = {}
+    params = inspect.signature(fn).parameters
+    for n, p in params.items():
+        kinds = set(typing.get_args(hints[n])) - {type(None)} if n in hints and typing.get_args(hints[n]) else \
+            {hints[n]} if n in hints else {type(p.default)} if p.default is not p.empty else set()
+        if kinds and kinds <= {int, float}:
+            found[n] = float if float in kinds else int
+    returned = hints.get("return")
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()) and isinstance(returned, type) and returned is not fn:
+        found = {**_numeric_arguments(returned.__init__), **found}
+    return found
+
+
+class _NotANumber(ValueError):
+    """A builder argument that wants a number got something else; ``detail`` says which (without the model name,
+    so that a spec can be named instead)."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"{name}: {detail}")
+        self.detail = detail
+
+
+def _check_numbers(name: str, builder: Callable[..., nn.Module], overrides: dict[str, Any]) -> None:
+    """A spec value that is no number where the builder takes one (``width_mult=abc``, ``=nan``, ``=inf``, ``=True``)
+    is named with what the key wants, before it reaches arithmetic deep inside a builder."""
+    for key, kind in _numeric_arguments(builder).items():
+        if key not in overrides or overrides[key] is None:
+            continue
+        value = overrides[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int and not (number and float(value).is_integer() and math.isfinite(value)):
+            raise _NotANumber(name, f"{key} wants an integer, got {value!r}")
+        if kind is float and not (number and math.isfinite(value)):
+            raise _NotANumber(name, f"{key} wants a finite number, got {value!r}")
 
 
 def _check_overrides(name: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
@@ -147,6 +191,7 @@ def create_model(
     if drop_rate is not None:
         kwargs["drop_rate"] = drop_rate
     _check_overrides(name, entry.builder, kwargs)
+    _check_numbers(name, entry.builder, overrides)
     if pretrained is not False:
         from archlab.pretrained import load_pretrained, resolve_pretrained
 
@@ -202,6 +247,8 @@ def create_from_spec(spec: str, **kwargs: Any) -> nn.Module:
     name, overrides = parse_model_spec(spec)
     try:
         return create_model(name, **{**kwargs, **overrides})
-    except TypeError as exc:  # e.g. width_mult=abc reaching arithmetic: the spec is what the user can fix
+    except _NotANumber as exc:  # the spec is what the user can fix: name it
+        raise ValueError(f"model spec {spec!r}: {exc.detail}") from None
+    except TypeError as exc:  # a value of another wrong type reaching a builder
         raise ValueError(f"model spec {spec!r}: {exc}") from None
 

@@ -34,6 +34,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from archlab.api import require_module
+
 SOURCES = ("torchvision", "timm", "archlab")
 
 
@@ -87,6 +89,30 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(read_checkpoint(path), str(path))
 
 
+def _pickle_globals(path: Path) -> list[str]:
+    """The classes and functions a plain pickle file would import, read from its opcodes without running any
+    (:mod:`pickletools`); empty for a file that is not a pickle."""
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            if f.read(1) != b"\x80":  # protocol 2+ marker: anything else is no pickle torch or we would write
+                return []
+            f.seek(0)
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - not a well-formed pickle: no globals to name
+        return names
+    return list(dict.fromkeys(names))
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """The whole object in a ``.safetensors`` file (a dict of tensors) or a torch checkpoint, read as
     :func:`read_state_dict` reads it (never executing pickled code), for callers that want more than the weights."""
@@ -106,12 +132,22 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise WeightsError(
-            f"{path}: refused: the file holds objects other than tensors, and loading it could execute code "
-            f"({_first_line(exc)})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WeightsError(f"{path}: truncated or corrupt checkpoint ({_first_line(exc)})") from None
+        # PyTorch's message advises re-running with weights_only=False: the unsafe thing. Say what the file is.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        names = [found.group(1)] if found else _pickle_globals(path)
+        if names:
+            raise WeightsError(
+                f"{path}: refused: a pickle holding objects that are not tensors ({', '.join(names[:3])}); "
+                f"archlab reads checkpoints without executing code, so it loads only tensors and plain containers"
+            ) from None
+        raise WeightsError(f"{path}: not a checkpoint, or corrupt (expected a torch .pt/.pth file or .safetensors)") \
+            from None
+    except RuntimeError as exc:  # a zip archive that does not open: truncated or damaged in transfer
+        reason = _first_line(exc).split(". ")[0]
+        raise WeightsError(f"{path}: not a checkpoint, or truncated or corrupt ({reason})") from None
+    except Exception:  # noqa: BLE001 - text, JSON, random bytes make the unpickler fail in arbitrary ways
+        raise WeightsError(f"{path}: not a checkpoint, or corrupt (expected a torch .pt/.pth file or .safetensors)") \
+            from None
     return obj
 
 
@@ -173,9 +209,11 @@ def load_reference_weights(
     DenseNet files). Any missing, unexpected or wrongly shaped key is then reported by name in one
     :class:`WeightsError`. Returns the model.
     """
+    from archlab.models.base import FeatureExtractor
+
+    require_module(model, "load_reference_weights")
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    from archlab.models.base import FeatureExtractor
 
     if isinstance(model, FeatureExtractor):  # features_only=True: the weights are the wrapped model's
         load_reference_weights(model.model, state_dict_or_path, source, skip_classifier)

@@ -115,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("archlab train: --amp fp16 needs a CUDA device; on CPU use --amp bf16")
     resume = None
     if args.resume:
+        if Path(args.resume).is_file():  # the checkpoint file itself: its run folder is what resumes
+            if Path(args.resume).name != CHECKPOINT_NAME:
+                raise CLIError(f"archlab train: --resume takes a run folder (or its {CHECKPOINT_NAME}), "
+                               f"got the file {args.resume}")
+            args.resume = str(Path(args.resume).parent)
         resume = load_checkpoint(args.resume)
         cfg = resume_config(args, resume["config"])
     else:

@@ -14,13 +14,14 @@ torn file. Everything stored is plain tensors and Python scalars, so checkpoints
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from archlab.weights import WeightsError, read_checkpoint
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "archlab-train/1"
@@ -64,11 +65,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: nothing to resume (was the run started with --out?)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused: holds objects other than tensors ({str(exc).splitlines()[0][:160]})")
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        obj = read_checkpoint(path)  # never executing code; names what the file is when it is no checkpoint
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint written by `archlab train`")
     return obj

@@ -43,6 +43,16 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
+def resolve_device(device: str | None) -> str:
+    """``"cpu"`` or ``"cuda"``: the one asked for, or CUDA when available (``None``); a ValueError when CUDA is
+    asked for and torch sees none."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
 def init_distributed(device: str | None = None) -> DistContext:
     """Join the process group described by torchrun's environment (if any) and pick this process's device.
 
@@ -50,10 +60,7 @@ def init_distributed(device: str | None = None) -> DistContext:
     takes GPU ``LOCAL_RANK``.
     """
     rank, world, local = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    device = resolve_device(device)
     dev = torch.device(device, local) if device == "cuda" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.train.distributed import DistContext, all_reduce_sum
+from archlab.train.distributed import DistContext, all_reduce_sum, resolve_device
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -89,6 +89,7 @@ def evaluate_weights(
     from archlab.weights import load_reference_weights, read_state_dict
 
     card = model_card(model_name)
+    dev = torch.device(resolve_device(device))  # before any work: no CUDA is one line, not a crash in model.to
     run_config = None
     if pretrained:
         from archlab.pretrained import fetch, resolve_pretrained
@@ -110,7 +111,6 @@ def evaluate_weights(
         state_dict = read_state_dict(path)
     model = create_model(model_name, num_classes=int(classes))
     load_reference_weights(model, state_dict, source=source)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     loader = make_eval_loader(bundle.val, batch_size, workers=workers, pin_memory=dev.type == "cuda")
     on_batch = progress(len(bundle.val)) if progress else None
