@@ -5,6 +5,9 @@ the wide tensor, and a 1x1 conv projects it back to a thin output with *no* acti
 ReLU on a low-dimensional manifold destroys information). The residual joins the thin ends, when the block keeps
 shape. Activations are ReLU6, robust in low-precision arithmetic.
 
+``project_act="relu6"`` puts an activation after the projection, the non-linear bottleneck the paper's Fig. 6a
+trains against the linear one (the ``linear-bottleneck`` design study); the default ``None`` is the paper's model.
+
 The layer names follow torchvision (``features.N`` with ``conv.M`` inside a block, ``classifier.1``) so its
 checkpoints load unchanged.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath, init_weights, make_divisible, residual_add
+from archlab.layers import ConvNormAct, DropPath, get_act, init_weights, make_divisible, residual_add
 from archlab.models.base import PooledClassifierNet, linear_or_identity
 from archlab.registry import ModelCard, register
 from archlab.weights import KeyMap
@@ -74,9 +77,13 @@ def timm_key_map(stages: list[tuple[int, int, int, int]]) -> KeyMap:
 
 
 class InvertedResidual(nn.Module):
-    """1x1 expand-BN-ReLU6 (skipped when t == 1), 3x3 depthwise-BN-ReLU6, 1x1 linear projection-BN (+ residual)."""
+    """1x1 expand-BN-ReLU6 (skipped when t == 1), 3x3 depthwise-BN-ReLU6, 1x1 linear projection-BN (+ residual).
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, expansion: int, drop_path: float = 0.0) -> None:
+    ``project_act`` (e.g. "relu6") makes the projection non-linear, before the residual addition (Fig. 6a's
+    "ReLU6 in bottleneck"); its module is the last of ``conv``, so the default keeps torchvision's keys."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, expansion: int, drop_path: float = 0.0,
+                 project_act: str | None = None) -> None:
         super().__init__()
         hidden = int(round(in_chs * expansion))
         layers: list[nn.Module] = []
@@ -84,7 +91,7 @@ class InvertedResidual(nn.Module):
             layers.append(ConvNormAct(in_chs, hidden, 1, act="relu6"))
         layers.append(ConvNormAct(hidden, hidden, 3, stride, groups=hidden, act="relu6"))
         # The linear bottleneck: conv and BN stay flat in ``conv`` (keys conv.N, conv.N+1, as torchvision).
-        layers.extend(ConvNormAct(hidden, out_chs, 1, act=None))
+        layers.extend(ConvNormAct(hidden, out_chs, 1, act=project_act))
         self.conv = nn.Sequential(*layers)
         self.use_residual = stride == 1 and in_chs == out_chs
         self.drop_path = DropPath(drop_path if self.use_residual else 0.0)
@@ -106,10 +113,13 @@ class MobileNetV2(PooledClassifierNet):
         in_chans: int = 3,
         drop_rate: float = 0.2,
         drop_path_rate: float = 0.0,
+        project_act: str | None = None,
     ) -> None:
         super().__init__()
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        if project_act is not None:
+            get_act(project_act)  # an unknown name fails here, listing the known ones
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.timm_key_map = timm_key_map(stages)
         chs = make_divisible(STEM_CHANNELS * width_mult, 8)
@@ -129,7 +139,7 @@ class MobileNetV2(PooledClassifierNet):
                 # Stochastic depth rises linearly with depth (as timm does); torchvision has none (rate 0).
                 block_index = len(layers) - 1  # features.0 is the stem
                 rate = drop_path_rate * block_index / num_blocks
-                layers.append(InvertedResidual(chs, out_chs, stride, t, rate))
+                layers.append(InvertedResidual(chs, out_chs, stride, t, rate, project_act))
                 chs = out_chs
         # The head is widened for width_mult > 1 but never thinned: thin heads cost accuracy for little gain.
         self.num_features = make_divisible(HEAD_CHANNELS * max(1.0, width_mult), 8)
