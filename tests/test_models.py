@@ -12,8 +12,10 @@ from archlab.models.base import ArchNet, FeatureExtractor
 from helpers import count_params
 
 NAMES = archlab.list_models()
-# The deepest networks are costly to run backward at every size; they get the same checks on fewer inputs.
-VERY_DEEP = {"preact_resnet1001"}
+# The deepest networks are costly to run backward at every size; they get the same checks on fewer inputs. So does
+# the largest: RegNetY-128GF (644M parameters) takes ~8 s to build on one core, and is RegNetY-32GF's builder and
+# blocks with another row of parameters.
+VERY_DEEP = {"preact_resnet1001", "regnet_y_128gf"}
 # ConvNeXt-L (198M parameters) is convnext_small/base's builder and blocks, wider: it keeps the forward/backward
 # and parameter checks, not every input-handling one again.
 VERY_DEEP |= {"convnext_large"}

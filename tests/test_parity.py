@@ -14,11 +14,15 @@ from helpers import build_reference, count_params, randomize_norms
 REFERENCED = [n for n in archlab.list_models() if archlab.model_card(n).reference]
 # Square default size and an odd non-square one; the largest models use smaller inputs to keep CI fast
 # (their layers are the same at any size; parity of the layers is what is tested).
-SIZES = {"default": [(224, 224), (193, 257)], "large": [(160, 160), (131, 197)]}
-LARGE = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "vgg19", "vgg19_bn", "resnext101_32x8d"}
+SIZES = {"default": [(224, 224), (193, 257)], "large": [(160, 160), (131, 197)], "huge": [(64, 64), (47, 71)]}
+LARGE = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "vgg19", "vgg19_bn", "resnext101_32x8d",
+         "regnet_x_16gf", "regnet_x_32gf", "regnet_y_16gf", "regnet_y_32gf", "efficientnet_v2_m", "efficientnet_v2_l"}
 # ConvNeXt-B/L (89M / 198M parameters): ConvNeXt-T's blocks, wider (tests/test_convnext.py checks those with
 # LayerNorms and layer scales away from their init, which this test leaves at 1e-6).
 LARGE |= {"convnext_base", "convnext_large"}
+# RegNetY-128GF (644M parameters, 374G multiply-adds at 384): building it and torchvision's takes ~16 s on one core,
+# a forward at 224 another ~30 s. Its blocks are RegNetY-32GF's (checked above at 160); only its row differs.
+HUGE = {"regnet_y_128gf"}
 
 
 @pytest.mark.parametrize("name", REFERENCED)
@@ -29,7 +33,7 @@ def test_matches_reference(name: str) -> None:
     ours = archlab.create_model(name).eval()
     assert count_params(ours) == count_params(ref)
     archlab.load_reference_weights(ours, ref.state_dict(), source=card.reference_source)
-    for h, w in SIZES["large" if name in LARGE else "default"]:
+    for h, w in SIZES["huge" if name in HUGE else "large" if name in LARGE else "default"]:
         x = torch.randn(2, 3, h, w)
         with torch.no_grad():
             expected, got = ref(x), ours(x)

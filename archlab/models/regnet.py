@@ -45,9 +45,11 @@ def _number(name: str, value: object) -> float:
 
 
 def _positive_int(name: str, value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    # 20.0 is 20 (a sampler may hand out floats); 2.5 is refused, not truncated.
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < 1:
         raise ValueError(f"{name} ({what}) must be an integer >= 1, got {value!r}")
-    return value
+    return int(value)
 
 
 def regnet_widths(
@@ -275,8 +277,8 @@ _SWAG_NOTE = (
     "evaluated at 384x384 (bicubic, no crop); torchvision publishes no weights trained on ImageNet-1K alone."
 )
 _V2_NOTE = (
-    "Published figures: torchvision's IMAGENET1K_V2 weights (its newer training recipe; the paper's own 100-epoch "
-    "models score lower, the IMAGENET1K_V1 release is close to them)."
+    "Published figures: torchvision's IMAGENET1K_V2 weights (its newer training recipe, evaluated at 224 after "
+    "resizing to 232), torchvision's default; its earlier IMAGENET1K_V1 weights are released too."
 )
 
 for _row in REGNET_ROWS:
