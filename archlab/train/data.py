@@ -5,6 +5,11 @@ A data SPEC is one of:
 * ``digits`` — scikit-learn's 1,797 8x8 handwritten digits (shipped with the package, no download), split
   80/20 train/val with a fixed seed (stratified), given to the model as 3-channel images upsampled to the
   input size. Small enough to train a real CNN to >97% in minutes on a laptop CPU.
+* ``fashion-mnist`` — Zalando's Fashion-MNIST (Xiao et al. 2017, arXiv:1708.07747: 70,000 28x28 grey images of
+  10 kinds of clothing; much harder than digits), from ``/usr/share/datasets/fashion-mnist`` (Debian's
+  ``apt-get install dataset-fashion-mnist``); or any folder holding its four IDX files (gzipped or not; MNIST's
+  too). Training uses a fixed-seed stratified 54,000/6,000 train/val split of the 60,000 training images;
+  evaluation alone (``archlab eval``) reports the 10,000 test images.
 * a CIFAR-10/100 folder in the python format (``cifar-10-batches-py`` / ``cifar-100-python``, or its parent).
 * an ImageFolder root with ``train/`` and ``val/`` sub-folders, each holding one folder per class.
 
@@ -12,6 +17,8 @@ Reproducibility: the order of samples comes from a :class:`DistributedSampler` s
 random augmentation of a sample from a generator seeded by (seed, epoch, index) (:class:`SeededDataset`). So the
 data a step sees depends neither on the number of loader workers, nor on the number of processes, nor on
 whether the run was interrupted and resumed — which is what makes exact resume and 1-vs-N-process equality hold.
+``fraction`` (``--data-fraction``) keeps a fixed-seed share of the training split (stratified for digits and
+Fashion-MNIST), for quick budgets; the validation split stays whole.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets, tv_tensors
@@ -30,6 +38,8 @@ from archlab.preprocessing import Preprocessing
 # Pixel statistics of each built-in dataset (train split), for normalisation.
 DIGITS_MEAN, DIGITS_STD = (0.3053,) * 3, (0.3760,) * 3
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+FASHION_MEAN, FASHION_STD = (0.2860,) * 3, (0.3530,) * 3
+FASHION_VAL = 6000  # images held out of the 60,000 training images for validation
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -42,7 +52,7 @@ class DataBundle:
     train: Dataset | None
     val: Dataset
     num_classes: int
-    kind: str  # "digits" | "cifar" | "imagefolder"
+    kind: str  # "digits" | "fashion-mnist" | "cifar" | "imagefolder"
     preprocessing: Preprocessing
     classes: list[str] = field(default_factory=list)
 
@@ -106,6 +116,9 @@ def train_transform(kind: str, prep: Preprocessing, augment: Augmentation = Augm
         # DigitsDataset is upsampled once at load time; digits are not mirror-symmetric, so the only
         # augmentation is a shift of up to 1/8 of the image (RandomAffine costs 3x more for no gain here).
         head = [v2.ToImage(), v2.RandomCrop(size, padding=size // 8)]
+    elif kind == "fashion-mnist":
+        # Resized once at load time, like digits; clothes are left-right symmetric, so shifts and flips.
+        head = [v2.ToImage(), v2.RandomCrop(size, padding=size // 8), v2.RandomHorizontalFlip()]
     elif kind == "cifar":
         # The standard CIFAR recipe (He et al. 2015, arXiv:1512.03385, sec. 4.2): pad 4, random crop, flip.
         head = [v2.ToImage(), v2.Resize(size, interpolation=interp, antialias=True),
@@ -120,17 +133,20 @@ def train_transform(kind: str, prep: Preprocessing, augment: Augmentation = Augm
 
 
 class DigitsDataset(Dataset):
-    """scikit-learn's 8x8 digits as 3-channel uint8 images (grey replicated), for ``transforms.v2``."""
+    """scikit-learn's 8x8 digits as 3-channel uint8 images (grey replicated), for ``transforms.v2``; also any
+    in-memory grey images stored with one channel (N, 1, H, W), given to the model as three."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None,
+                 classes: list[str] | None = None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
-        self.classes = [str(i) for i in range(10)]
+        self.classes = classes or [str(i) for i in range(10)]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        img = tv_tensors.Image(self.images[i])
+        img = self.images[i]
+        img = tv_tensors.Image(img.expand(3, -1, -1) if img.shape[0] == 1 else img)
         return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
@@ -149,6 +165,64 @@ def _digits_split(size: int, interp: str, split_seed: int = 0) -> dict[str, tupl
         list(range(len(labels))), test_size=0.2, random_state=split_seed, stratify=digits.target
     )
     return {"train": (images[idx_train], labels[idx_train]), "val": (images[idx_val], labels[idx_val])}
+
+
+def keep_fraction(labels: Any, fraction: float, seed: int = 0) -> list[int]:
+    """Indices of a fixed-seed, stratified ``fraction`` of a split (at least one sample per class)."""
+    n = len(labels)
+    if fraction >= 1.0:
+        return list(range(n))
+    from sklearn.model_selection import train_test_split
+
+    classes = len(set(int(v) for v in labels))
+    keep = max(classes, int(round(fraction * n)))
+    if keep >= n:
+        return list(range(n))
+    kept, _ = train_test_split(list(range(n)), train_size=keep, random_state=seed, stratify=list(labels))
+    return sorted(kept)
+
+
+def _fashion_mnist(spec: str, prep: Preprocessing, with_train: bool, augment: Augmentation,
+                   fraction: float) -> DataBundle:
+    """Fashion-MNIST (or MNIST) from its four IDX files: 54,000 / 6,000 train / val of the training images, the test
+    images for evaluation alone; grey images resized once to the input size, kept with one channel."""
+    from sklearn.model_selection import train_test_split
+
+    from archlab.train import idx
+
+    folder = idx.DEFAULT_FOLDER if spec == "fashion-mnist" else Path(spec).expanduser()
+    files = idx.find_files(folder)
+    if files is None:
+        if spec == "fashion-mnist":
+            raise DataError(f"Fashion-MNIST is not in {folder}: install it with `{idx.INSTALL_HINT}`, or give "
+                            f"--data a folder holding its four IDX files")
+        raise DataError(f"{folder} does not hold the four IDX files ({', '.join(idx.FILES.values())})")
+    classes = idx.CLASSES if spec == "fashion-mnist" or "fashion" in folder.name.lower() else None
+    interp = _interp(prep.interpolation)
+
+    def tensors(images: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(images.copy()).unsqueeze(1)
+        if x.shape[-1] != prep.input_size or x.shape[-2] != prep.input_size:
+            x = v2.functional.resize(x, [prep.input_size] * 2, interpolation=interp, antialias=True)
+        return x.contiguous(), torch.from_numpy(labels)
+
+    try:
+        if not with_train:
+            x, y = tensors(*idx.load_split(files, "test"))
+            val = DigitsDataset(x, y, eval_transform(prep), classes)
+            return DataBundle(None, val, 10, "fashion-mnist", prep, val.classes)
+        images, labels = idx.load_split(files, "train")
+    except idx.IDXError as exc:
+        raise DataError(str(exc)) from None
+    n_val = FASHION_VAL if len(labels) >= 10 * FASHION_VAL else max(1, len(labels) // 10)  # a small folder: 10%
+    stratify = labels if min(np.bincount(labels)) >= 2 else None
+    i_train, i_val = train_test_split(list(range(len(labels))), test_size=n_val, random_state=0,
+                                      stratify=stratify)
+    i_train = [i_train[j] for j in keep_fraction(labels[i_train], fraction)]
+    train = DigitsDataset(*tensors(images[i_train], labels[i_train]), train_transform("fashion-mnist", prep, augment),
+                          classes)
+    val = DigitsDataset(*tensors(images[i_val], labels[i_val]), eval_transform(prep), classes)
+    return DataBundle(train, val, 10, "fashion-mnist", prep, val.classes)
 
 
 def cifar_root(path: Path) -> tuple[Path, type] | None:
@@ -185,26 +259,41 @@ def _image_folder(root: Path, transform: Callable) -> datasets.ImageFolder:
 
 
 def describe_spec(spec: str) -> str:
-    return "digits" if spec == "digits" else str(Path(spec).expanduser())
+    return spec if spec in ("digits", "fashion-mnist") else str(Path(spec).expanduser())
+
+
+def is_idx_folder(path: Path) -> bool:
+    from archlab.train.idx import find_files
+
+    return path.is_dir() and find_files(path) is not None
 
 
 def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: bool = True,
-               augment: Augmentation = Augmentation()) -> DataBundle:
+               augment: Augmentation = Augmentation(), fraction: float = 1.0) -> DataBundle:
     """Resolve a data SPEC into train/val datasets.
 
     ``prep_for(kind)`` gives the :class:`Preprocessing` for the dataset kind (the training command uses the
     dataset's own statistics for digits/CIFAR and the model card's for ImageFolder; evaluation uses the card's).
-    ``augment`` adds to the training split's transform (:class:`Augmentation`).
+    ``augment`` adds to the training split's transform (:class:`Augmentation`); ``fraction`` keeps that share of
+    the training split (fixed seed).
     """
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"the data fraction must be in (0, 1], got {fraction}")
     if spec == "digits":
         prep = prep_for("digits")
         split = _digits_split(prep.input_size, prep.interpolation)
-        train = DigitsDataset(*split["train"], train_transform("digits", prep, augment)) if with_train else None
+        images, labels = split["train"]
+        kept = keep_fraction(labels.tolist(), fraction)
+        train = DigitsDataset(images[kept], labels[kept], train_transform("digits", prep, augment)) \
+            if with_train else None
         val = DigitsDataset(*split["val"], eval_transform(prep))
         return DataBundle(train, val, 10, "digits", prep, val.classes)
+    if spec == "fashion-mnist" or is_idx_folder(Path(spec).expanduser()):
+        return _fashion_mnist(spec, prep_for("fashion-mnist"), with_train, augment, fraction)
     path = Path(spec).expanduser()
     if not path.exists():
-        raise DataError(f"data folder {path} does not exist (give 'digits', a CIFAR folder or an ImageFolder root)")
+        raise DataError(f"data folder {path} does not exist (give 'digits', 'fashion-mnist', a CIFAR folder or "
+                        f"an ImageFolder root)")
     if not path.is_dir():
         raise DataError(f"data {path} is not a folder")
     if not any(path.iterdir()):
@@ -219,7 +308,7 @@ def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: 
             val = cls(str(root), train=False, download=False, transform=eval_transform(prep))
         except (RuntimeError, OSError, ValueError, KeyError) as exc:
             raise DataError(f"{path}: not a readable CIFAR python-format folder ({exc})") from None
-        return DataBundle(train, val, len(val.classes), "cifar", prep, list(val.classes))
+        return DataBundle(_subset(train, fraction), val, len(val.classes), "cifar", prep, list(val.classes))
     prep = prep_for("imagefolder")
     train_dir, val_dir = path / "train", path / "val"
     if not val_dir.is_dir():
@@ -232,7 +321,16 @@ def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: 
     train = _image_folder(train_dir, train_transform("imagefolder", prep, augment)) if with_train else None
     if train is not None and train.classes != val.classes:
         raise DataError(f"{path}: train/ and val/ hold different class folders")
-    return DataBundle(train, val, len(val.classes), "imagefolder", prep, list(val.classes))
+    return DataBundle(_subset(train, fraction), val, len(val.classes), "imagefolder", prep, list(val.classes))
+
+
+def _subset(train: Dataset | None, fraction: float) -> Dataset | None:
+    """A fixed-seed random ``fraction`` of a dataset read from disk (labels unknown until read: not stratified)."""
+    if train is None or fraction >= 1.0:
+        return train
+    keep = max(1, int(round(fraction * len(train))))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:keep]
+    return torch.utils.data.Subset(train, sorted(order.tolist()))
 
 
 # ------------------------------------------------------------------------------------------- reproducibility

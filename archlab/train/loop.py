@@ -32,7 +32,7 @@ from torch import nn
 
 from archlab.preprocessing import Preprocessing
 from archlab.train.checkpoint import capture_rng, restore_rng, save_checkpoint, seed_everything, state_digest
-from archlab.train.data import CIFAR_MEAN, CIFAR_STD, DIGITS_MEAN, DIGITS_STD, Augmentation
+from archlab.train.data import CIFAR_MEAN, CIFAR_STD, DIGITS_MEAN, DIGITS_STD, FASHION_MEAN, FASHION_STD, Augmentation
 from archlab.train.data import build_data, make_eval_loader, make_train_loader
 from archlab.train.distributed import DistContext, all_reduce_sum, barrier, broadcast_buffers, gather_objects
 from archlab.train.distributed import wrap_model
@@ -73,6 +73,7 @@ class TrainConfig:
     device: str | None = None
     grad_checkpointing: bool = False  # recompute each block in backward: less memory, same results
     pretrained: bool | str | None = None  # start from the released ImageNet weights (True or a tag): fine-tuning
+    data_fraction: float = 1.0  # fixed-seed share of the training split (quick budgets)
 
 
 class TrainingDiverged(RuntimeError):
@@ -110,7 +111,8 @@ class ModelEma:
 
 
 class WarmupCosine:
-    """LR multiplier at a step: linear warm-up from ~0, then cosine decay to 0 (or constant with 'none')."""
+    """LR multiplier at a step: linear warm-up from ~0, then cosine decay to 0 (or constant with 'none'; or 'step':
+    divided by 10 at 50% and 75% of the steps after warm-up, the CIFAR schedule of He et al. 2015, arXiv:1512.03385)."""
 
     def __init__(self, total_steps: int, warmup_steps: int, shape: str = "cosine") -> None:
         self.total_steps, self.warmup_steps, self.shape = total_steps, warmup_steps, shape
@@ -121,6 +123,8 @@ class WarmupCosine:
         if self.shape == "none":
             return 1.0
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        if self.shape == "step":
+            return 0.1 ** sum(progress >= m for m in (0.5, 0.75))
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -130,9 +134,11 @@ def training_preprocessing(kind: str, model_name: str, input_size: int | None) -
         return Preprocessing(input_size or 32, DIGITS_MEAN, DIGITS_STD, "bilinear", 1.0)
     if kind == "cifar":
         return Preprocessing(input_size or 32, CIFAR_MEAN, CIFAR_STD, "bilinear", 1.0)
-    from archlab.registry import model_card
+    if kind == "fashion-mnist":
+        return Preprocessing(input_size or 28, FASHION_MEAN, FASHION_STD, "bilinear", 1.0)
+    from archlab.registry import model_card, parse_model_spec
 
-    return Preprocessing.from_card(model_card(model_name), input_size)
+    return Preprocessing.from_card(model_card(parse_model_spec(model_name)[0]), input_size)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -244,7 +250,7 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
     silent). Returns the final metrics. Raises :class:`TrainingDiverged` on a non-finite loss (nothing is
     saved, so the last checkpoint stays the last good one) and :class:`TrainingInterrupted` after a signal.
     """
-    from archlab.registry import create_model, model_card
+    from archlab.registry import create_from_spec, model_card, parse_model_spec
 
     run_dir, device = Path(cfg.run_dir), ctx.device
     if cfg.batch_size % ctx.world_size:
@@ -252,16 +258,17 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
     per_rank_batch = cfg.batch_size // ctx.world_size
     seed_everything(cfg.seed)
     bundle = build_data(cfg.data, lambda kind: training_preprocessing(kind, cfg.model, cfg.input_size),
-                        augment=Augmentation(cfg.augment, cfg.random_erase))
+                        augment=Augmentation(cfg.augment, cfg.random_erase), fraction=cfg.data_fraction)
     pretrained = cfg.pretrained if resume is None else False  # a resumed run's checkpoint holds every weight
     if pretrained:
         from archlab.pretrained import fetch, resolve_pretrained
 
         if ctx.is_main:  # one download; the other ranks read the cached file
-            fetch(resolve_pretrained(model_card(cfg.model), pretrained))
+            fetch(resolve_pretrained(model_card(parse_model_spec(cfg.model)[0]), pretrained))
         barrier(ctx)
-    model = create_model(cfg.model, num_classes=bundle.num_classes, drop_path_rate=cfg.drop_path,
-                         pretrained=pretrained or False).to(device)
+    # cfg.model is a name or a spec, NAME:key=value (archlab.registry.parse_model_spec): a design study's arm.
+    model = create_from_spec(cfg.model, num_classes=bundle.num_classes, drop_path_rate=cfg.drop_path,
+                             pretrained=pretrained or False).to(device)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

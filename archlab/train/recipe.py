@@ -17,6 +17,9 @@ from archlab.train.loop import TrainConfig
 # at 200 epochs with a cosine schedule; imagefolder: the torchvision ImageNet recipe (lr 0.1 per 256 images).
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": dict(epochs=10, batch_size=64, warmup_epochs=1.0, label_smoothing=0.1, workers=0, channels_last=True),
+    # Fashion-MNIST: held in memory like digits, so no loader processes.
+    "fashion-mnist": dict(epochs=20, batch_size=128, warmup_epochs=1.0, label_smoothing=0.1, workers=0,
+                          channels_last=True),
     "cifar": dict(epochs=200, batch_size=128, warmup_epochs=1.0, label_smoothing=0.0, workers=4),
     "imagefolder": dict(epochs=90, batch_size=256, warmup_epochs=5.0, label_smoothing=0.1, workers=8),
 }
@@ -26,12 +29,15 @@ RESUMABLE_OVERRIDES = ("workers", "data", "device", "grad_checkpointing")
 
 
 def data_kind(spec: str) -> str:
-    """'digits', 'cifar' (a CIFAR python-format folder) or 'imagefolder'."""
-    from archlab.train.data import cifar_root
+    """'digits', 'fashion-mnist' (the name, or a folder of IDX files), 'cifar' (a CIFAR python-format folder) or
+    'imagefolder'."""
+    from archlab.train.data import cifar_root, is_idx_folder
 
-    if spec == "digits":
-        return "digits"
+    if spec in ("digits", "fashion-mnist"):
+        return spec
     path = Path(spec).expanduser()
+    if is_idx_folder(path):
+        return "fashion-mnist"
     return "cifar" if path.is_dir() and cifar_root(path) else "imagefolder"
 
 
@@ -41,7 +47,7 @@ def resolve_config(given: dict[str, Any], run_dir: str) -> TrainConfig:
     kind = data_kind(given["data"])
     opt = given.get("opt", "sgd")
     values: dict[str, Any] = {**KIND_DEFAULTS[kind], **OPT_DEFAULTS[opt], "opt": opt}
-    if kind != "digits":
+    if kind not in ("digits", "fashion-mnist"):
         values["workers"] = min(values["workers"], os.cpu_count() or 1)
     values.update(given)
     values["run_dir"] = run_dir
