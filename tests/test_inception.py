@@ -146,7 +146,8 @@ def test_transform_input_is_torchvisions(name: str, size: int) -> None:
 @pytest.fixture
 def released(tmp_path, monkeypatch):
     """Both downloads simulated with the same seeded torchvision weights: archlab's (torch.hub) and torchvision's own
-    (``WeightsEnum.get_state_dict``), so torchvision's pretrained builder is the oracle of the pretrained configuration."""
+    (``WeightsEnum.get_state_dict``), so that torchvision's pretrained builder is the oracle of the pretrained
+    configuration."""
     from torchvision.models._api import WeightsEnum
 
     states: dict[str, dict] = {}

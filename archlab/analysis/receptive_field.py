@@ -15,6 +15,14 @@ covers the union of their fields, a reduction over a whole axis (global pooling,
 covers the whole axis, and a map that only broadcasts into the output — the 1x1 squeeze-excitation gate that
 scales every position — sets ``global_context`` instead of widening the local field: every unit then also depends on
 the whole image, through a global average. The sizes reported are the theoretical ones, not clipped to the image.
+
+The geometry is per tensor, the widest over its channels, so ops that only move channels need nothing of their own:
+Inception's and SqueezeNet's branches are concatenated (the union of the branch fields), ShuffleNet's channel split
+(``chunk``: each half keeps the input's field; the half that skips the branch rejoins by concatenation) and its
+channel shuffle (a 5-D view, a transpose, a flatten: the same positions). A max-pool with ``ceil_mode`` only adds a
+last unit whose window overhangs the map; the first unit, and so every unit's field, is placed as without it.
+These are checked against gradient footprints in tests/test_inception.py and tests/test_shufflenet.py, and
+Inception-v3's end-points against google-research/receptive_field's published table.
 """
 
 from __future__ import annotations

@@ -205,7 +205,8 @@ class Inception3(InceptionNet):
             if isinstance(row, Conv):
                 return BasicConv(chs, row.out, row.kernel, row.stride, row.padding), row.out, row.stride
             if row.kind not in INCEPTION_V3_MODULES:
-                raise ValueError(f"unknown Inception module kind {row.kind!r}; one of {', '.join(INCEPTION_V3_MODULES)}")
+                kinds = ", ".join(INCEPTION_V3_MODULES)
+                raise ValueError(f"unknown Inception module kind {row.kind!r}; one of {kinds}")
             block = InceptionModule(chs, INCEPTION_V3_MODULES[row.kind], row.c)
             return block, block.out_channels, block.stride
 
