@@ -133,6 +133,18 @@ def test_convnext_tiny_and_the_last_step_match_torchvision(name: str) -> None:
         assert (got - expected).abs().max() <= 1e-4
 
 
+def test_channels_last_runs_the_same_network() -> None:
+    # From the stem on every tensor is channels-last and LayerNorm takes its fused path: same logits.
+    model = archlab.create_model("convnext_tiny", num_classes=10)
+    randomize_convnext(model)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        got = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_state_dict_maps_onto_torchvision_names_and_shapes() -> None:
     with torch.device("meta"):
         ours, ref = archlab.create_model("convnext_small"), torchvision.models.convnext_small()
@@ -150,8 +162,10 @@ def test_layer_norm_is_over_channels_at_each_position() -> None:
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.uniform_(-0.5, 0.5)
     x = torch.randn(2, 6, 5, 7) * 3 + 1
-    channels_last = nn.functional.layer_norm(x.permute(0, 2, 3, 1), (6,), norm.weight, norm.bias, 1e-6)
-    torch.testing.assert_close(norm(x), channels_last.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+    expected = nn.functional.layer_norm(x.permute(0, 2, 3, 1), (6,), norm.weight, norm.bias, 1e-6).permute(0, 3, 1, 2)
+    # Both ways of computing it: reductions over dim 1 (NCHW) and the fused kernel on the channels-last view.
+    torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-5, atol=1e-5)
     plain = LayerNorm2d(6, eps=1e-6)(x)
     torch.testing.assert_close(plain.mean(1), torch.zeros(2, 5, 7), rtol=0, atol=1e-5)
     torch.testing.assert_close(plain.var(1, correction=0), torch.ones(2, 5, 7), rtol=1e-3, atol=1e-3)

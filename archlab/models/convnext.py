@@ -14,13 +14,13 @@ with norms and activations placed by the switches, a shortcut, optional layer sc
 A conv has a bias unless a BatchNorm follows it (BN removes any per-channel constant; LayerNorm, which normalises
 across channels at each position, does not), which is how both ends come out with their published parameters.
 
-The 1x1 convolutions are ``nn.Conv2d`` and LayerNorm is computed over dim 1 of the NCHW tensor, where the authors'
-code and torchvision permute to channels-last and use ``nn.Linear``: the same arithmetic (a 1x1 conv is a linear
-layer at every position) but every tensor keeps the (N, C, H, W) layout the analysis tools follow (receptive fields,
-stage traces) and every pointwise layer stays a conv that BN folding and oneDNN fusion know. torchvision's
-checkpoints load through :meth:`ConvNeXt.torchvision_key_map` (its ``block.{2,3,5}`` are our ``block.{1,2,4}``;
-its Linear weights get the 1x1 conv's two trailing unit dimensions). Other names follow torchvision
-(``features.N``, ``layer_scale``, ``classifier.{0,2}``).
+The 1x1 convolutions are ``nn.Conv2d`` and LayerNorm is computed over dim 1 of the NCHW tensor (:class:`LayerNorm2d`),
+where the authors' code and torchvision permute to channels-last and use ``nn.Linear``: the same arithmetic (a 1x1
+conv is a linear layer at every position) but every tensor keeps the (N, C, H, W) layout the analysis tools follow
+(receptive fields, stage traces count blocks by their convs) and every pointwise layer stays a conv that BN folding
+and oneDNN fusion know. torchvision's checkpoints load through :meth:`ConvNeXt.torchvision_key_map` (its
+``block.{2,3,5}`` are our ``block.{1,2,4}``; its Linear weights get the 1x1 conv's two trailing unit dimensions).
+Other names follow torchvision (``features.N``, ``layer_scale``, ``classifier.{0,2}``).
 """
 
 from __future__ import annotations
@@ -44,13 +44,25 @@ STEMS = ("resnet", "patchify")
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an (N, C, H, W) tensor, at every position separately: ``nn.LayerNorm(C)``'s
-    parameters and arithmetic, computed along dim 1 instead of after a permute to channels-last."""
+    """LayerNorm over the channels of an (N, C, H, W) tensor, at every position separately (``nn.LayerNorm(C)``'s
+    parameters and arithmetic).
+
+    On an NCHW-contiguous tensor (the default layout, and what every archlab analysis runs) it is computed along
+    dim 1 with plain reductions and elementwise ops, so the receptive-field tracker, which follows (N, C, H, W)
+    tensors, sees a per-position op. On a channels-last tensor the (N, H, W, C) view is contiguous for free and
+    PyTorch's fused ``layer_norm`` runs on it (what torchvision does after a permute): the same function, faster
+    (ConvNeXt-T, 1 thread, batch 1: 106 ms NCHW against torchvision's 96; 95 ms channels-last).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
-        x = (x - mean) * torch.rsqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            channels_last = x.permute(0, 2, 3, 1)
+            return F.layer_norm(channels_last, self.normalized_shape, self.weight, self.bias, self.eps).permute(
+                0, 3, 1, 2)
+        mean = x.mean(1, keepdim=True)
+        centred = x - mean
+        var = (centred * centred).mean(1, keepdim=True)  # two passes: no cancellation when |mean| >> std
+        return centred * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
 
 
 @dataclass(frozen=True)
