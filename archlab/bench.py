@@ -55,6 +55,7 @@ class Settings:
     input_size: int | None = None  # None: the model card's input_size
     repeats: int = 20
     warmup: int = 5
+    precision: str = "fp32"  # 'bf16': weights and input cast to bfloat16 (the fused form: fuse(precision='bf16'))
 
 
 @dataclass
@@ -172,14 +173,16 @@ class _Runner:
 
         model = c.build()
         self.dev = torch.device(s.device)
+        dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
         if c.fused:  # on CPU with oneDNN's conv + activation / residual-add primitives
-            model = fuse(model, onednn=c.onednn and self.dev.type == "cpu")
+            model = fuse(model, onednn=c.onednn and self.dev.type == "cpu", precision=s.precision)
+        model = model.to(dtype)
         fmt = torch.channels_last if c.channels_last else torch.contiguous_format
         model = model.to(self.dev, memory_format=fmt)
         model.train(s.mode == "train")
         self.own_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         in_chans = getattr(model, "in_chans", 3)
-        self.x = torch.randn(batch, in_chans, size, size, device=self.dev).contiguous(memory_format=fmt)
+        self.x = torch.randn(batch, in_chans, size, size, device=self.dev, dtype=dtype).contiguous(memory_format=fmt)
         compiled = s.compile or c.compiled
         self.model = torch.compile(model) if compiled else model
         self.train = s.mode == "train"
@@ -297,3 +300,13 @@ def write_report(lines: list[str], out: Path) -> None:
     out.write_text(text)
     print(text)
     print(f"written to {out}", file=sys.stderr, flush=True)
+
+
+def build_named(name: str) -> nn.Module:
+    """A model by name: registered (a spec such as 'resnet50' or 'mobilenet_v2:width_mult=0.5') or a library's
+    own ('timm:NAME', 'torchvision:NAME', seeded: :func:`build_reference`)."""
+    import archlab
+
+    if ":" in name and name.split(":", 1)[0] in SOURCES:
+        return build_reference(name)
+    return archlab.create_model(name)

@@ -46,6 +46,7 @@ class FuseSummary:
     dropped: list[str] = field(default_factory=list)
     untraced: list[str] = field(default_factory=list)
     post_ops: list[str] = field(default_factory=list)
+    precision: str = "fp32"  # 'bf16': weights cast to bfloat16 after folding
 
 
 def _pairs_in_graph(graph: fx.Graph, root: nn.Module) -> list[tuple[str, str]]:

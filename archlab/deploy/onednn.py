@@ -8,8 +8,9 @@ weight into oneDNN's blocked layout on every call; a *prepacked* weight is reord
 inductor does both on CPU (with freezing); this module does them in eager mode, module by module, so the model
 keeps its class and API (``forward_features``, ``feature_info``, ``card``) and its ``state_dict`` keys.
 
-Where it applies: float32 channels-last input on CPU, without autograd. That is oneDNN's native layout; an NCHW
-input would come back channels-last (and was measured slower on depthwise and some 1x1 convs). Everywhere else
+Where it applies: float32 (or, in a bf16 form, bfloat16) channels-last input on CPU, without autograd. That is
+oneDNN's native layout; an NCHW input would come back channels-last (and was measured slower on depthwise and
+some 1x1 convs). Everywhere else
 (another device, dtype or memory format, autograd, fx tracing, TorchScript or ONNX export, torch.compile, which
 does its own fusion), each fused conv runs the plain conv, add and activation it replaced, so the model stays
 correct everywhere. The post-ops compute the same function, so outputs equal the unfused model up to float
@@ -47,6 +48,7 @@ _POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {
     nn.Hardsigmoid: ("hardsigmoid", []),
     nn.Sigmoid: ("sigmoid", []),
 }
+_DTYPES = (torch.float32, torch.bfloat16)
 _ADDS = (operator.add, operator.iadd, torch.add)
 # Activations written as calls in a block's code (torchvision's `self.relu` shared by three call sites is handled
 # like these: a shared module cannot be swapped for an identity, so the block's graph is rewritten instead).
@@ -105,8 +107,9 @@ class FusedConv2d(nn.Conv2d):
         if torch.compiler.is_compiling() or not available() or torch.is_autocast_enabled("cpu"):
             return False  # compile fuses by itself; autocast would not cast the fused op's inputs
         tensors = (x, self.weight) if residual is None else (x, self.weight, residual)
-        if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.layout != torch.strided for t in tensors):
-            return False
+        if x.dtype not in _DTYPES or any(t.device.type != "cpu" or t.dtype != x.dtype or t.layout != torch.strided
+                                         for t in tensors):
+            return False  # float32, or bfloat16 throughout (fuse(precision="bf16")): oneDNN has both kernels
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return False  # the fused op has no backward
         if x.dim() != 4 or x.numel() == 0 or not x.is_contiguous(memory_format=torch.channels_last):
