@@ -74,6 +74,9 @@ def test_inception_v3_training_input_limits_are_named() -> None:
     assert not hasattr(plain, "AuxLogits") or plain.AuxLogits is None
     out = plain(torch.randn(2, 3, 96, 96))  # no auxiliary head: any size from 75 trains, the logits come back
     assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    y = torch.tensor([0, 2])
+    torch.testing.assert_close(plain.training_loss(out, y), F.cross_entropy(out, y))
+    assert model.aux_loss_weight == 0.4
 
 
 def test_auxiliary_losses_reach_every_parameter() -> None:
@@ -81,8 +84,10 @@ def test_auxiliary_losses_reach_every_parameter() -> None:
     model = archlab.create_model("googlenet", num_classes=5).train()
     y = torch.tensor([1, 3])
     out = model(torch.randn(2, 3, 48, 48))
-    loss = F.cross_entropy(out.logits, y) + 0.3 * (F.cross_entropy(out.aux_logits1, y) +
-                                                   F.cross_entropy(out.aux_logits2, y))
+    loss = model.training_loss(out, y)
+    expected = F.cross_entropy(out.logits, y) + 0.3 * (F.cross_entropy(out.aux_logits1, y) +
+                                                       F.cross_entropy(out.aux_logits2, y))
+    torch.testing.assert_close(loss, expected)
     loss.backward()
     assert not [n for n, p in model.named_parameters() if p.grad is None]
     assert model.aux1.fc2.weight.grad.abs().sum() > 0

@@ -80,6 +80,18 @@ class InceptionNet(ArchNet):
     aux_taps: dict[str, str]
     # Whether torchvision's pretrained builder keeps the auxiliary heads (their released weights are trained).
     release_keeps_aux: bool = True
+    # The weight of each auxiliary classifier's loss in :meth:`training_loss`.
+    aux_loss_weight: float
+
+    def training_loss(self, output: Any, target: torch.Tensor,
+                      criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+                      ) -> torch.Tensor:
+        """The training loss of ``forward``'s output: ``criterion`` on the logits plus ``aux_loss_weight`` times
+        ``criterion`` on each auxiliary classifier's logits (when the output has them)."""
+        if isinstance(output, torch.Tensor):
+            return criterion(output, target)
+        logits, *aux = output
+        return criterion(logits, target) + self.aux_loss_weight * sum(criterion(a, target) for a in aux)
 
     def _init_layout(self, num_classes: int, in_chans: int, drop_rate: float, drop_path_rate: float,
                      aux_logits: bool, transform_input: bool) -> None:
@@ -252,6 +264,7 @@ class GoogLeNet(InceptionNet):
     """
 
     release_keeps_aux = False  # torchvision warns that the released auxiliary heads are untrained, and drops them
+    aux_loss_weight = 0.3  # Section 5: "the losses of the auxiliary classifiers were weighted by 0.3"
 
     def __init__(
         self,

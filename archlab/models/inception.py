@@ -186,6 +186,8 @@ class Inception3(InceptionNet):
     (``pretrained=True`` turns it on).
     """
 
+    aux_loss_weight = 0.4  # TF-slim's train_image_classifier.py (the paper gives none), whose weights these are
+
     def __init__(
         self,
         layers: list[tuple[str, Conv | Pool | Mixed]] = INCEPTION_V3_LAYERS,
