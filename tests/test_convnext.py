@@ -95,6 +95,10 @@ def test_the_first_steps_are_resnets(name: str, ref) -> None:
         assert (ours(x) - ref(x)).abs().max() <= 1e-4
 
 
+def test_step_0_has_resnet50_s_receptive_fields() -> None:
+    assert [s.receptive_field for s in stage_trace("roadmap_0_resnet50").stages[1:-1]] == [35, 91, 267, 427]
+
+
 def test_step_2_is_the_first_no_resnet_builder_expresses() -> None:
     # The patchify stem replaces the 7x7 conv + max-pool that every ResNet/ResNeXt builder hard-wires; the blocks
     # stay ResNet bottlenecks until the inverted bottleneck (step 5), the addition keeps its ReLU until step 9.
