@@ -268,7 +268,7 @@ class GoogLeNet(InceptionNet):
 
     def __init__(
         self,
-        layers: list[tuple[str, Conv | Pool | InceptionWidths]] = GOOGLENET_LAYERS,
+        layers: list[tuple[str, Conv | Pool | InceptionWidths]],
         num_classes: int = 1000,
         in_chans: int = 3,
         drop_rate: float = 0.2,

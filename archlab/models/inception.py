@@ -190,7 +190,7 @@ class Inception3(InceptionNet):
 
     def __init__(
         self,
-        layers: list[tuple[str, Conv | Pool | Mixed]] = INCEPTION_V3_LAYERS,
+        layers: list[tuple[str, Conv | Pool | Mixed]],
         num_classes: int = 1000,
         in_chans: int = 3,
         drop_rate: float = 0.5,
