@@ -399,6 +399,7 @@ for _i, ((_name, _design), (_short, _changes, _gflops, _top1, _what)) in enumera
             macs_source=None if _i == 11 else "paper Table 10 (GFLOPs, which count multiply-adds)",
             top1=_top1,
             top1_source="paper Table 10 (mean of 3 seeds; no weights released)",
+            interpolation="bicubic",  # the authors' evaluation (datasets.py): bicubic resize to 256, 224 crop
             notes=_ROADMAP_NOTES.get(_i, ""),
             default_kwargs=asdict(_design),
         ),
