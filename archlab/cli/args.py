@@ -45,6 +45,36 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
+def writable_dir(path: str | Path, flag: str) -> Path:
+    """The output folder of ``flag``, created and probed with a file, so that a place that cannot be written is
+    said before any work is done (not after a long run)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".archlab-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CLIError(f"{flag} {out}: cannot write there ({exc.strerror or exc})") from None
+    return out
+
+
+def writable_file(path: str | Path, flag: str) -> Path:
+    """The output file of ``flag``: its folder exists and takes a file, and it is not itself a folder."""
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(f"{flag} {target}: is a folder; give a file name")
+    if not target.parent.is_dir():
+        raise CLIError(f"{flag}: folder {str(target.parent)!r} does not exist")
+    probe = target.parent / f".{target.name}.archlab-write-test"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CLIError(f"{flag} {target}: cannot write there ({exc.strerror or exc})") from None
+    return target
+
+
 def plot_path(text: str | None) -> Path | None:
     """The --plot file as a Path (None when not asked for), checked before any work is done."""
     if not text:
@@ -52,9 +82,7 @@ def plot_path(text: str | None) -> Path | None:
     plot = Path(text)
     if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise CLIError(f"--plot takes a .png, .svg or .pdf file, got {text!r}")
-    if not plot.parent.is_dir():
-        raise CLIError(f"--plot: folder {str(plot.parent)!r} does not exist")
-    return plot
+    return writable_file(plot, "--plot")
 
 
 def fraction(text: str) -> float:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from archlab.analysis.compare import DEFAULT_MODELS, Row, compare
-from archlab.cli.args import CLIError
+from archlab.cli.args import writable_dir
 from archlab.cli.output import console, print_json, transient_progress
 
 
@@ -90,17 +90,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _check_out_dir(out: Path) -> None:
-    """Fail before any measuring if ``out`` cannot be created and written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".archlab-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise CLIError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
-
-
 def run(args: argparse.Namespace) -> int:
     import archlab
 
@@ -108,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         archlab.model_card(name)
     if args.out is not None:
-        _check_out_dir(args.out)
+        writable_dir(args.out, "--out")
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description:<34}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

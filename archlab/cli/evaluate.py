@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=positive_int, help="classifier size (default: from the checkpoint/data)")
     p.add_argument("--workers", type=nonneg_int, default=0, metavar="N")
     p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--bad-images", choices=("refuse", "skip"), default="refuse",
+                   help="undecodable images, all found before evaluating: refuse (default: list them all) or skip")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             result = evaluate_weights(args.model, args.weights, args.data, args.batch_size, args.source,
                                       args.workers, args.device, args.num_classes, progress=track,
-                                      pretrained=args.pretrained)
+                                      pretrained=args.pretrained, bad_images=args.bad_images)
         except DataError as exc:
             raise CLIError(f"archlab eval: {clean_data_error(exc)}") from None
     if args.json:

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from archlab.cli.args import CLIError, float_in, nonneg_int, positive_int
+from archlab.cli.args import CLIError, float_in, nonneg_int, positive_int, writable_dir
 from archlab.cli.output import console, print_json
 
 if TYPE_CHECKING:
@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "release); the classifier is new where the data has other classes")
     p.add_argument("--grad-checkpointing", action="store_true", default=None,
                    help="recompute each block during backward: less activation memory, identical results")
+    p.add_argument("--bad-images", choices=("refuse", "skip"),
+                   help="undecodable ImageFolder images, all found before training: refuse (default: list them all "
+                        "and stop) or skip (train without them, named in the run folder's skipped_images.txt)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
 
@@ -106,14 +109,14 @@ def run(args: argparse.Namespace) -> int:
     from archlab.train.data import DataError
     from archlab.train.distributed import init_distributed, shutdown
     from archlab.train.loop import TrainingDiverged, TrainingInterrupted, train
-    from archlab.train.recipe import resolve_config
+    from archlab.train.recipe import KIND_DEFAULTS, data_kind, resolve_config
 
     model_card(args.model)  # unknown model: one line naming the closest ones
     if args.resume and args.out:
         raise CLIError("archlab train: give --resume RUN_DIR or --out RUN_DIR, not both")
     if args.amp == "fp16" and (args.device == "cpu" or not _cuda_available()):
         raise CLIError("archlab train: --amp fp16 needs a CUDA device; on CPU use --amp bf16")
-    resume = None
+    resume, notes = None, []
     if args.resume:
         if Path(args.resume).is_file():  # the checkpoint file itself: its run folder is what resumes
             if Path(args.resume).name != CHECKPOINT_NAME:
@@ -129,13 +132,18 @@ def run(args: argparse.Namespace) -> int:
         if (Path(run_dir) / CHECKPOINT_NAME).exists():
             raise CLIError(f"archlab train: {run_dir} already holds a run; continue it with --resume {run_dir} "
                            f"or choose another --out")
+        writable_dir(run_dir, "--out")  # before the data and the model are built
         cfg = resolve_config(_given(args), run_dir)
         if args.mix_prob is not None and not (cfg.mixup or cfg.cutmix):
             raise CLIError("archlab train: --mix-prob applies with --mixup or --cutmix")
+        default_warmup = KIND_DEFAULTS[data_kind(args.data)]["warmup_epochs"]
+        if args.warmup_epochs is None and cfg.warmup_epochs < default_warmup:
+            notes.append(f"warm-up shortened to {cfg.warmup_epochs:g} epochs (a fifth of this {cfg.epochs}-epoch "
+                         f"run; the default is {default_warmup:g}); --warmup-epochs sets it")
     ctx = init_distributed(cfg.device)
     try:
         progress_console = console(stderr=args.json)
-        result = train(cfg, ctx, progress_console if ctx.is_main else None, resume=resume)
+        result = train(cfg, ctx, progress_console if ctx.is_main else None, resume=resume, notes=tuple(notes))
     except TrainingInterrupted as exc:
         if ctx.is_main:
             print(f"archlab: {exc}", file=sys.stderr)

@@ -55,6 +55,7 @@ class DataBundle:
     kind: str  # "digits" | "fashion-mnist" | "cifar" | "imagefolder"
     preprocessing: Preprocessing
     classes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # undecodable images left out (bad_images="skip")
 
 
 def _interp(name: str) -> v2.InterpolationMode:
@@ -235,6 +236,23 @@ def cifar_root(path: Path) -> tuple[Path, type] | None:
     return None
 
 
+def _cifar_problem(root: Path, cls: type) -> str | None:
+    """Which file of a CIFAR folder is missing or not the released one (torchvision's own message only suggests
+    ``download=True``, an argument archlab's user cannot pass)."""
+    from torchvision.datasets.utils import check_integrity
+
+    folder = Path(root) / cls.base_folder
+    files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+    missing = [name for name, _ in files if not (folder / name).is_file()]
+    if missing:
+        return f"{folder} lacks {', '.join(missing)}; download the dataset again"
+    corrupt = [name for name, md5 in files if not check_integrity(str(folder / name), md5)]
+    if corrupt:
+        return (f"{', '.join(str(folder / n) for n in corrupt)}: truncated or corrupt (its MD5 is not the release's); "
+                f"download the dataset again")
+    return None
+
+
 def load_image(path: str) -> Any:
     """PIL loader for ImageFolder that names the file it cannot decode."""
     from PIL import Image
@@ -247,15 +265,44 @@ def load_image(path: str) -> Any:
         raise DataError(f"cannot decode image {path} ({exc}); remove or replace the file") from None
 
 
-def _image_folder(root: Path, transform: Callable) -> datasets.ImageFolder:
+BAD_IMAGE_POLICIES = ("refuse", "skip")
+
+
+def undecodable_images(paths: list[str], on_progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """The files among ``paths`` whose image header PIL cannot read (headers only: fast enough to run over a whole
+    dataset before training, so that every bad file is found in one pass rather than one per run)."""
+    from PIL import Image
+
+    bad = []
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, SyntaxError, ValueError):  # PIL reports bad files with all three
+            bad.append(path)
+        if on_progress is not None and ((i + 1) % 256 == 0 or i + 1 == len(paths)):
+            on_progress(i + 1, len(paths))
+    return bad
+
+
+def _image_folder(root: Path, transform: Callable, bad: list[str],
+                  on_scan: Callable[[int, int], None] | None = None) -> datasets.ImageFolder:
+    """An ImageFolder whose images were all checked first (:func:`undecodable_images`): the undecodable ones are
+    left out and appended to ``bad``."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     if not any(p.is_dir() for p in root.iterdir()):
         raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
     try:
-        return datasets.ImageFolder(str(root), transform=transform, loader=load_image)
+        folder = datasets.ImageFolder(str(root), transform=transform, loader=load_image)
     except FileNotFoundError as exc:
         raise DataError(f"{root}: {str(exc).splitlines()[0]}") from None
+    found = set(undecodable_images([p for p, _ in folder.samples], on_scan))
+    if found:
+        folder.samples = [s for s in folder.samples if s[0] not in found]
+        folder.imgs, folder.targets = folder.samples, [t for _, t in folder.samples]
+        bad.extend(sorted(found))
+    return folder
 
 
 def describe_spec(spec: str) -> str:
@@ -269,14 +316,20 @@ def is_idx_folder(path: Path) -> bool:
 
 
 def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: bool = True,
-               augment: Augmentation = Augmentation(), fraction: float = 1.0) -> DataBundle:
+               augment: Augmentation = Augmentation(), fraction: float = 1.0, bad_images: str = "refuse",
+               on_scan: Callable[[int, int], None] | None = None) -> DataBundle:
     """Resolve a data SPEC into train/val datasets.
 
     ``prep_for(kind)`` gives the :class:`Preprocessing` for the dataset kind (the training command uses the
     dataset's own statistics for digits/CIFAR and the model card's for ImageFolder; evaluation uses the card's).
     ``augment`` adds to the training split's transform (:class:`Augmentation`); ``fraction`` keeps that share of
-    the training split (fixed seed).
+    the training split (fixed seed). An ImageFolder's images are checked before anything else
+    (:func:`undecodable_images`, ``on_scan(done, total)`` as it goes): ``bad_images="refuse"`` (the default: a run
+    silently trained on fewer images than the folder holds is not the experiment its user asked for) lists every
+    bad file in one error; ``"skip"`` leaves them out and names them in ``DataBundle.skipped``.
     """
+    if bad_images not in BAD_IMAGE_POLICIES:
+        raise DataError(f"bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {bad_images!r}")
     if not 0.0 < fraction <= 1.0:
         raise DataError(f"the data fraction must be in (0, 1], got {fraction}")
     if spec == "digits":
@@ -307,7 +360,8 @@ def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: 
                 if with_train else None
             val = cls(str(root), train=False, download=False, transform=eval_transform(prep))
         except (RuntimeError, OSError, ValueError, KeyError) as exc:
-            raise DataError(f"{path}: not a readable CIFAR python-format folder ({exc})") from None
+            problem = _cifar_problem(root, cls) or f"not a readable CIFAR python-format folder ({exc})"
+            raise DataError(f"{path}: {problem}") from None
         return DataBundle(_subset(train, fraction), val, len(val.classes), "cifar", prep, list(val.classes))
     prep = prep_for("imagefolder")
     train_dir, val_dir = path / "train", path / "val"
@@ -317,11 +371,18 @@ def build_data(spec: str, prep_for: Callable[[str], Preprocessing], with_train: 
         val_dir = path  # evaluation accepts a bare class-per-folder root
     if with_train and not train_dir.is_dir():
         raise DataError(f"{path} has no train/ sub-folder (expected {path}/train/<class>/<image>)")
-    val = _image_folder(val_dir, eval_transform(prep))
-    train = _image_folder(train_dir, train_transform("imagefolder", prep, augment)) if with_train else None
+    skipped: list[str] = []
+    val = _image_folder(val_dir, eval_transform(prep), skipped, on_scan)
+    train = _image_folder(train_dir, train_transform("imagefolder", prep, augment), skipped, on_scan) \
+        if with_train else None
+    if skipped and bad_images == "refuse":  # every bad file of both splits in one message: one run finds them all
+        names = ", ".join(skipped[:20]) + (f" and {len(skipped) - 20} more" if len(skipped) > 20 else "")
+        raise DataError(f"{len(skipped)} undecodable image{'s' if len(skipped) > 1 else ''} in {path}: {names}; "
+                        f"remove or replace them, or leave them out with --bad-images skip")
     if train is not None and train.classes != val.classes:
         raise DataError(f"{path}: train/ and val/ hold different class folders")
-    return DataBundle(_subset(train, fraction), val, len(val.classes), "imagefolder", prep, list(val.classes))
+    return DataBundle(_subset(train, fraction), val, len(val.classes), "imagefolder", prep, list(val.classes),
+                      skipped)
 
 
 def _subset(train: Dataset | None, fraction: float) -> Dataset | None:

@@ -73,6 +73,7 @@ def evaluate_weights(
     num_classes: int | None = None,
     progress: Callable[[int], Callable[[int], None]] | None = None,
     pretrained: bool | str | None = None,
+    bad_images: str = "refuse",
 ) -> dict[str, Any]:
     """Evaluate ``weights`` (an archlab checkpoint, safetensors, or a torchvision/timm file) on ``data``;
     or, with ``pretrained`` (True or a tag) instead of ``weights``, the released ImageNet weights
@@ -101,7 +102,7 @@ def evaluate_weights(
         state_dict, run_config = read_weights(path, model_name)
         recorded = run_config.get("preprocessing") if run_config else None
         prep = Preprocessing.from_dict(recorded) if recorded else Preprocessing.from_card(card)
-    bundle = build_data(data, lambda kind: prep, with_train=False)
+    bundle = build_data(data, lambda kind: prep, with_train=False, bad_images=bad_images)
     classes = num_classes or (run_config or {}).get("num_classes") or bundle.num_classes
     if pretrained:
         if classes != card.num_classes:  # checked before any download
@@ -117,7 +118,7 @@ def evaluate_weights(
     metrics = evaluate(model, loader, dev, on_batch=on_batch)
     return {"model": model_name, "weights": str(path), "source": source, "data": data,
             "pretrained": released.tag if pretrained else None,
-            "preprocessing": prep.to_dict(), **metrics}
+            "preprocessing": prep.to_dict(), "skipped_images": bundle.skipped, **metrics}
 
 
 def read_weights(path: Path, model_name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from archlab.preprocessing import Preprocessing
-from archlab.train.checkpoint import capture_rng, restore_rng, save_checkpoint, seed_everything, state_digest
+from archlab.train.checkpoint import atomic_write_text, capture_rng, restore_rng, save_checkpoint, seed_everything
+from archlab.train.checkpoint import remove_stale_temporaries, state_digest
 from archlab.train.data import CIFAR_MEAN, CIFAR_STD, DIGITS_MEAN, DIGITS_STD, FASHION_MEAN, FASHION_STD, Augmentation
 from archlab.train.data import build_data, make_eval_loader, make_train_loader
 from archlab.train.distributed import DistContext, all_reduce_sum, barrier, broadcast_buffers, gather_objects
@@ -74,6 +75,10 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute each block in backward: less memory, same results
     pretrained: bool | str | None = None  # start from the released ImageNet weights (True or a tag): fine-tuning
     data_fraction: float = 1.0  # fixed-seed share of the training split (quick budgets)
+    bad_images: str = "refuse"  # undecodable ImageFolder images: refuse (list them all) or skip (named in the run)
+
+
+SKIPPED_NAME = "skipped_images.txt"  # in the run folder: the undecodable images a run was trained without
 
 
 class TrainingDiverged(RuntimeError):
@@ -243,7 +248,7 @@ def _epoch_record(epoch: int, step: int, lr: float, running: list[float], val: d
 
 
 def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[str, Any] | None = None,
-          ) -> dict[str, Any]:
+          notes: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run (or continue, from checkpoint dict ``resume``) the training described by ``cfg``.
 
     ``console`` is a rich console for the progress bars (``None``: silent; ranks other than 0 are always
@@ -253,12 +258,32 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
     from archlab.registry import create_from_spec, model_card, parse_model_spec
 
     run_dir, device = Path(cfg.run_dir), ctx.device
+    if ctx.is_main and run_dir.is_dir():
+        remove_stale_temporaries(run_dir)  # a checkpoint write killed mid-way leaves its temporary file behind
     if cfg.batch_size % ctx.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world_size} processes")
     per_rank_batch = cfg.batch_size // ctx.world_size
     seed_everything(cfg.seed)
-    bundle = build_data(cfg.data, lambda kind: training_preprocessing(kind, cfg.model, cfg.input_size),
-                        augment=Augmentation(cfg.augment, cfg.random_erase), fraction=cfg.data_fraction)
+    with contextlib.ExitStack() as stack:
+        on_scan = None
+        if console is not None and ctx.is_main:  # an ImageFolder's images are checked first: show it on big ones
+            scan = stack.enter_context(_progress(console))
+            task = scan.add_task("checking images", total=None, info="", visible=False)
+
+            def on_scan(done: int, total: int) -> None:
+                scan.update(task, completed=done, total=total, visible=total > 2048)
+
+        bundle = build_data(cfg.data, lambda kind: training_preprocessing(kind, cfg.model, cfg.input_size),
+                            augment=Augmentation(cfg.augment, cfg.random_erase), fraction=cfg.data_fraction,
+                            bad_images=cfg.bad_images, on_scan=on_scan)
+    if console is not None and ctx.is_main:  # once the data is known good: what the caller wants said
+        for note in notes:
+            console.print(f"note: {note}", highlight=False)
+    if bundle.skipped and ctx.is_main:  # named in the run folder, so the run says what it was trained without
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / SKIPPED_NAME, "".join(f"{p}\n" for p in bundle.skipped))
+        if console is not None:
+            console.print(f"skipped {len(bundle.skipped)} undecodable image(s), listed in {run_dir / SKIPPED_NAME}")
     pretrained = cfg.pretrained if resume is None else False  # a resumed run's checkpoint holds every weight
     if pretrained:
         from archlab.pretrained import fetch, resolve_pretrained
