@@ -35,10 +35,17 @@ def build_reference(card: archlab.ModelCard, **kwargs) -> nn.Module:
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial statistics and affine terms, so a mis-wired norm changes the output."""
+    """Give every BatchNorm non-trivial statistics and affine terms, every LayerNorm non-trivial affine terms and
+    every layer scale (ConvNeXt's, 1e-6 at init) values near 1, so a mis-wired norm or block changes the output."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 1)[-1] in ("layer_scale", "gamma") and "norm" not in name:
+                p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.75)
         for m in model.modules():
+            if isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)

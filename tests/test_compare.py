@@ -35,6 +35,9 @@ def test_measured_rows_match_cards() -> None:
 # millions) is 1.4% above our 43.40M count; the same table's Small 1.0 "56M" is 0.9% *below* our 56.51M, so the
 # table's rounding, not the counter, is off (torchvision counts 57M for Small 1.0).
 COARSE = {"mobilenet_v3_small_075": 0.015}
+# torchvision publishes ShuffleNetV2 x0.5 as 0.04 GFLOPS, two decimals: our 40.48M is 1.2% above it (the paper's 41M
+# is 1.3% the other way).
+COARSE["shufflenet_v2_x0_5"] = 0.0125
 
 
 def test_every_published_macs_figure_is_matched_within_one_percent() -> None:
@@ -46,7 +49,7 @@ def test_every_published_macs_figure_is_matched_within_one_percent() -> None:
         if card.macs is None:
             continue
         assert card.macs_source, name
-        counted = profile(name).macs
+        counted = profile(name, training_memory=False).macs
         assert abs(counted - card.macs) <= COARSE.get(name, 0.01) * card.macs, (name, counted, card.macs)
 
 

@@ -33,6 +33,7 @@ optimizer state come on top.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -181,7 +182,14 @@ def training_saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     model.train()
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), MetaFastPath():
-            model(x)
+            try:
+                model(x)
+            except ValueError as exc:  # a BatchNorm on a 1x1 map cannot train on one image (Inception's aux head)
+                if x.shape[0] != 1 or not re.search(r"more than 1 value per channel|batches of 2 or more", str(exc)):
+                    raise
+                saved.clear()
+                model(torch.cat([x, x]))  # what training needs at batch 2, halved: activations scale with the batch
+                return sum(saved.values()) // 2
     finally:
         model.train(was_training)
     return sum(saved.values())

@@ -122,12 +122,15 @@ def stage_trace(model_or_name: nn.Module | str, input_size: int | tuple[int, int
 
 def _blocks(model: nn.Module, units: list[str]) -> list[str]:
     """The units that are blocks in the papers' sense: those with more than one conv (a residual, dense or
-    inverted-residual block), leaving out single-conv stems, transitions and head convs. In a network made of
-    single convs only (AlexNet, VGG), its "blocks" are those conv layers."""
-    def convs(unit: str) -> int:
-        return sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.get_submodule(unit).modules())
+    inverted-residual block) or with a residual branch of one conv (EfficientNetV2's Fused-MBConv1, which carries
+    stochastic depth), leaving out single-conv stems, transitions and head convs. In a network made of single convs
+    only (AlexNet, VGG), its "blocks" are those conv layers."""
+    def is_block(unit: str) -> bool:
+        modules = list(model.get_submodule(unit).modules())
+        convs = sum(isinstance(m, nn.modules.conv._ConvNd) for m in modules)
+        return convs > 1 or any(type(m).__name__ in ("DropPath", "StochasticDepth") for m in modules)
 
-    multi = [u for u in units if convs(u) > 1]
+    multi = [u for u in units if is_block(u)]
     return multi or units
 
 

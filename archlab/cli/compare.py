@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from archlab.analysis.compare import DEFAULT_MODELS, Row, compare
-from archlab.cli.args import writable_dir
+from archlab.cli.args import CLIError, writable_dir
 from archlab.cli.output import console, print_json, transient_progress
 
 
@@ -84,7 +84,8 @@ def print_table(rows: list[Row]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("models", nargs="*", help=f"models to compare (default: {', '.join(DEFAULT_MODELS)})")
+    p.add_argument("models", nargs="*", help=f"models or patterns such as 'roadmap*' to compare (default: "
+                                             f"{', '.join(DEFAULT_MODELS)})")
     p.add_argument("--out", type=Path, help="write compare.md/.csv/.json and the PNG plots to this folder")
     p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -93,7 +94,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import archlab
 
-    names = list(dict.fromkeys(args.models)) or DEFAULT_MODELS  # a name given twice: one row
+    names = []
+    for given in args.models:  # a pattern ('roadmap*') stands for the models it matches, in list order
+        matched = archlab.list_models(given) if any(c in given for c in "*?[") else [given]
+        if not matched:
+            raise CLIError(f"no model matches {given!r}; try `archlab list`")
+        names += matched
+    names = list(dict.fromkeys(names)) or DEFAULT_MODELS  # a name given twice: one row
     for name in names:
         archlab.model_card(name)
     if args.out is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -57,6 +57,19 @@ class ArchNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.forward_head(self.forward_features(x))
+
+    def training_loss(self, output: Any, target: torch.Tensor,
+                      criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The loss to train on, from what ``forward`` returned in training mode: ``criterion`` (cross-entropy by
+        default) on the logits. Families whose training output holds more (GoogLeNet's and Inception-v3's
+        auxiliary classifiers) add their terms."""
+        return (criterion or nn.functional.cross_entropy)(output, target)
+
+
+def training_logits(output: Any) -> torch.Tensor:
+    """The main logits of a training-mode output: the tensor itself, or the first field of an output that carries
+    auxiliary logits too (torchvision's ``GoogLeNetOutputs`` / ``InceptionOutputs``)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Gradient checkpointing of every block (see :mod:`archlab.checkpointing`): less activation memory in

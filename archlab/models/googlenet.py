@@ -84,10 +84,11 @@ class InceptionNet(ArchNet):
     aux_loss_weight: float
 
     def training_loss(self, output: Any, target: torch.Tensor,
-                      criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+                      criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
                       ) -> torch.Tensor:
         """The training loss of ``forward``'s output: ``criterion`` on the logits plus ``aux_loss_weight`` times
         ``criterion`` on each auxiliary classifier's logits (when the output has them)."""
+        criterion = criterion or F.cross_entropy
         if isinstance(output, torch.Tensor):
             return criterion(output, target)
         logits, *aux = output

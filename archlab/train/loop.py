@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from archlab.models.base import training_logits
 from archlab.preprocessing import Preprocessing
 from archlab.train.checkpoint import atomic_write_text, capture_rng, restore_rng, save_checkpoint, seed_everything
 from archlab.train.checkpoint import remove_stale_temporaries, state_digest
@@ -365,8 +366,10 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
                 images = images.to(device, non_blocking=True, memory_format=memory_format)
                 targets = targets.to(device, non_blocking=True)
                 with autocast(device, cfg.amp):
-                    logits = net(images)
-                    loss = criterion(logits, targets)
+                    output = net(images)  # logits, or logits with auxiliary ones (GoogLeNet, Inception-v3)
+                    loss = model.training_loss(output, targets, criterion) if hasattr(model, "training_loss") \
+                        else criterion(output, targets)
+                    logits = training_logits(output)
                 correct = (logits.detach().argmax(1) == soft_accuracy_targets(targets)).sum().item()
                 # One collective per step: the loss (NaN anywhere makes it NaN everywhere), accuracy, and
                 # whether any rank was asked to stop — so all ranks stop after the same step.
