@@ -111,3 +111,22 @@ def test_card_command(capsys) -> None:
     assert main(["card", "mobilenet_v2", "--json"]) == 0
     card = json.loads(capsys.readouterr().out)
     assert card["reference"] == "torchvision:mobilenet_v2" and card["params"] == 3_504_872
+
+
+def test_the_seeds_table_stands_beside_ours_with_what_each_figure_is(capsys) -> None:
+    from archlab.analysis.seed_table import SEED_TABLE
+
+    assert [s.model for s in SEED_TABLE] == DEFAULT_MODELS[:8]  # the seed's rows, in its order
+    rows = {r.name: r for r in compare([s.model for s in SEED_TABLE], bench=False)}
+    for seed in SEED_TABLE:
+        row = rows[seed.model]
+        assert row.seed == seed and row.year == seed.year
+        # The seed's rounded figures describe the models built here (its "FLOPs" are multiply-adds).
+        assert abs(seed.params - row.params) <= 0.02 * row.params, seed.model
+        assert abs(seed.macs - row.macs) <= 0.025 * row.macs, seed.model
+        assert seed.note
+    assert "ensemble of seven" in rows["alexnet"].seed.note and "single-crop" in rows["densenet201"].seed.note
+    assert main(["card", "alexnet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"]["top1"] == 63.3
+    assert main(["card", "resnet18", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] is None

@@ -3,7 +3,8 @@
 For each model: the year and key innovation from its card, parameters and multiply-adds *measured* (by
 :func:`archlab.analysis.profile` on the meta device, at the card's resolution) beside the *published* figures with
 the difference in percent, the published ImageNet top-1 with its source, the activation memory of one forward pass,
-and a short CPU latency measurement at batch 1. The rows are data (:class:`Row`); the
+a short CPU latency measurement at batch 1, and for the eight models of the seed's own table its figures and what
+they are (:mod:`archlab.analysis.seed_table`). The rows are data (:class:`Row`); the
 command writes them as tables and plots.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
+
+from archlab.analysis.seed_table import SEED_FIGURES, SeedFigures
 
 # The seed's comparison table, then the families it discusses without a row.
 DEFAULT_MODELS = [
@@ -34,6 +37,7 @@ class Row:
     activation_bytes: int
     latency_ms: float | None
     innovation: str
+    seed: SeedFigures | None = None  # the seed document's figures for this model, where its table has a row
 
     @staticmethod
     def delta(measured: float, published: float | None) -> float | None:
@@ -50,6 +54,8 @@ class Row:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(params_delta_pct=self.params_delta, macs_delta_pct=self.macs_delta)
+        seed = d.pop("seed") or {}  # flat, so a CSV row holds it
+        d.update({f"seed_{k}": seed.get(k) for k in ("params", "macs", "top1", "note")})
         return d
 
 
@@ -77,7 +83,7 @@ def measure_row(name: str, bench: bool = True) -> Row:
         name=name, family=card.family, year=card.year, resolution=card.input_size, params=prof.params,
         params_published=card.params, macs=prof.macs, macs_published=card.macs, top1=card.top1,
         top1_source=card.top1_source, activation_bytes=prof.activation_bytes, latency_ms=latency,
-        innovation=card.innovation,
+        innovation=card.innovation, seed=SEED_FIGURES.get(name),
     )
 
 

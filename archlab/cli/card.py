@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from archlab.analysis.seed_table import SEED_FIGURES
 from archlab.cli.output import console, print_json
 
 
@@ -19,7 +20,9 @@ def run(args: argparse.Namespace) -> int:
     card = model_card(args.name)
     weights = pretrained_weights(card)
     if args.json:
-        print_json({**card.to_dict(), "pretrained": [w.to_dict() for w in weights]})
+        seed = SEED_FIGURES.get(card.name)
+        print_json({**card.to_dict(), "pretrained": [w.to_dict() for w in weights],
+                    "seed": seed.to_dict() if seed else None})
         return 0
     from rich.table import Table
 
@@ -50,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
                      f"{prep.interpolation})"))
     if card.notes:
         rows.append(("notes", card.notes))
+    if (seed := SEED_FIGURES.get(card.name)) is not None:  # the seed document's table quotes other figures: say what they are
+        rows.append(("the seed's figures", f"{seed.params / 1e6:.1f}M params, {seed.macs / 1e9:.3g}G FLOPs "
+                                           f"(multiply-adds), top-1 {seed.top1:.1f}%: {seed.note}"))
     for key, value in rows:
         table.add_row(key, value)
     console().print(table)

@@ -15,7 +15,8 @@ from archlab.cli.output import console, print_json, transient_progress
 
 
 COLUMNS = ["model", "year", "params", "published", "Δ%", "MACs", "published", "Δ%", "top-1", "top-1 source",
-           "act. mem", "CPU ms (b=1)", "key innovation"]
+           "act. mem", "CPU ms (b=1)", "key innovation", "seed: params", "seed: FLOPs", "seed: top-1",
+           "seed's top-1 is"]
 
 
 def _pct(v: float | None) -> str:
@@ -31,6 +32,8 @@ def table_cells(row: Row) -> list[str]:
         "-" if row.top1 is None else f"{row.top1:.1f}", row.top1_source or "-",
         f"{row.activation_bytes / 2**20:.0f} MiB", "-" if row.latency_ms is None else f"{row.latency_ms:.1f}",
         row.innovation,
+        *((f"{row.seed.params / 1e6:.1f}M", f"{row.seed.macs / 1e9:.3g}G", f"{row.seed.top1:.1f}", row.seed.note)
+          if row.seed else ("-", "-", "-", "-")),
     ]
 
 
@@ -71,16 +74,23 @@ def print_table(rows: list[Row]) -> None:
 
     table = Table(title="Architecture comparison: measured here, published figures from the model cards",
                   header_style="bold", caption="Δ: measured vs published; top-1 sources in compare.md (--out)")
-    for col in ("model", "year", "params (Δ%)", "MACs @res (Δ%)", "top-1", "act. mem", "CPU ms b=1"):
+    seeded = any(r.seed for r in rows)
+    for col in ("model", "year", "params (Δ%)", "MACs @res (Δ%)", "top-1", "act. mem", "CPU ms b=1") + \
+            (("seed: params / FLOPs / top-1",) if seeded else ()):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for r in rows:
         cells = table_cells(r)
         table.add_row(r.name, cells[1], f"{cells[2]} ({cells[4]})", f"{cells[5]} ({cells[7]})", cells[8],
-                      cells[10], cells[11])
+                      cells[10], cells[11], *((" / ".join(cells[13:16]),) if seeded else ()))
     out = console()
     out.print(table)
     for r in rows:
         out.print(f"[bold]{r.name}[/bold]: {r.innovation}", highlight=False)
+    if seeded:  # why the seed's figures are not the cards'
+        out.print("The seed's figures (its section 5 table; its FLOPs are multiply-adds) and what its top-1 is:")
+        for r in rows:
+            if r.seed:
+                out.print(f"  {r.name}: {r.seed.top1:.1f}% is {r.seed.note}", highlight=False)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
