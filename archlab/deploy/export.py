@@ -1,11 +1,19 @@
 """Export a model for deployment, each file checked by running it next to the PyTorch model it came from.
 
-Two formats, both with a dynamic batch axis (``archlab export NAME --onnx FILE | --pt2 FILE``):
+Three formats, each with a dynamic batch axis (``archlab export NAME --onnx FILE | --pt2 FILE | --openvino DIR``):
 
 - **ONNX**, through the TorchScript-based exporter, checked in onnxruntime (the CPU provider).
 - **a torch.export program** (``.pt2``, :func:`torch.export.save`): the whole forward as an ATen graph with the
   weights inside, the input of PyTorch 2's ahead-of-time tools (AOTInductor, ExecuTorch). It loads in plain PyTorch
   without archlab installed (``torch.export.load(FILE).module()(x)``); checked by loading it back.
+- **OpenVINO IR** (``DIR/NAME.xml`` + ``.bin``): ``openvino.convert_model`` of the PyTorch model, saved with its
+  float32 weights as they are (``save_model`` would halve them to fp16 by default); checked in OpenVINO's CPU
+  plugin with ``INFERENCE_PRECISION_HINT`` f32 (its default on a CPU with AVX-512 BF16 or AMX is bf16).
+
+Precision: a bf16 model (``precision="bf16"``) is held by the torch.export program only: its weights and graph
+are in bfloat16 (casts of the input and output included). ONNX Runtime's CPU provider, which checks the ONNX file,
+has no bf16 convolutions, and an OpenVINO IR keeps float32 weights: bf16 is a compile-time choice of OpenVINO's
+(``INFERENCE_PRECISION_HINT``), not a property of the file.
 
 The check reports the largest difference from the PyTorch model on a batch other than the one the export saw (so
 the batch axis is really dynamic), against a tolerance of 1e-4 relative to the outputs, and both latencies.
@@ -95,6 +103,37 @@ def check_onnx(model: nn.Module, path: str, input_size: int, repeats: int = 10,
                     repeats, warmup)
 
 
+def export_openvino(model: nn.Module, directory: str, input_size: int, name: str = "model") -> str:
+    """Convert ``model`` (eval mode) with ``openvino.convert_model`` (batch axis dynamic) and save it as OpenVINO IR
+    in ``directory`` (made if missing): the path of ``NAME.xml`` (its weights in ``NAME.bin``, float32)."""
+    from archlab.deploy.runtimes import import_runtime
+
+    ov = import_runtime("openvino")
+    x = _example(model, 3, input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings (shape checks are constants)
+        converted = ov.convert_model(model, example_input=x, input=[ov.PartialShape([-1, *x.shape[1:]])])
+    Path(directory).mkdir(exist_ok=True)
+    path = Path(directory) / f"{name}.xml"
+    ov.save_model(converted, str(path), compress_to_fp16=False)
+    return str(path)
+
+
+def check_openvino(model: nn.Module, path: str, input_size: int, repeats: int = 10,
+                   warmup: int = 2) -> tuple[float, float, float, float]:
+    """Run the saved IR in OpenVINO's CPU plugin (float32 inference, PyTorch's thread count) next to the model:
+    (max |difference|, max |PyTorch output|, OpenVINO median ms, PyTorch median ms)."""
+    from archlab.deploy.runtimes import openvino_compiled
+
+    compiled = openvino_compiled(path, torch.get_num_threads(), "fp32")
+    request = compiled.create_infer_request()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        request.infer({0: x.numpy()})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+    return _compare(model, run, input_size, repeats, warmup)
+
+
 def check_program(model: nn.Module, path: str, input_size: int, repeats: int = 10,
                   warmup: int = 2) -> tuple[float, float, float, float]:
     """Load the saved torch.export program back and run it next to the model: (max |difference|, max |PyTorch
@@ -103,10 +142,11 @@ def check_program(model: nn.Module, path: str, input_size: int, repeats: int = 1
     return _compare(model, loaded, input_size, repeats, warmup)
 
 
-def export_tolerance(scale: float) -> float:
+def export_tolerance(scale: float, precision: str = "fp32") -> float:
     """1e-4, and relative to the outputs where they are small: random-init logits of some families (MobileNetV3:
-    ~1e-9) are so small that an absolute 1e-4 would pass any export."""
-    return 1e-4 * min(1.0, scale)
+    ~1e-9) are so small that an absolute 1e-4 would pass any export. A bf16 file is checked against the float32
+    model: 5e-2 of the outputs' scale (bfloat16 keeps 8 bits of mantissa, ~0.4% per rounding)."""
+    return 5e-2 * scale if precision == "bf16" else 1e-4 * min(1.0, scale)
 
 
 def build_with_weights(name: str, weights: str | None = None, pretrained: bool | str | None = None,

@@ -119,16 +119,22 @@ def ort_session(path: str, threads: int, spinning: bool = True):
 
 
 def openvino_compiled(model_or_path, threads: int, precision: str = "fp32", shape: Sequence[int] | None = None):
-    """An OpenVINO model (an ``openvino.Model``, or a file ``convert_model`` reads: .onnx, .xml) compiled for the
+    """An OpenVINO model (an ``openvino.Model``, an IR ``.xml`` file or an ONNX file) compiled for the
     CPU on ``threads`` threads at ``precision`` (``INFERENCE_PRECISION_HINT``), for latency (one stream), threads
     not pinned to cores (PyTorch and ONNX Runtime do not pin either); ``shape``: the input shape made static."""
     ov = import_runtime("openvino")
-    model = model_or_path if isinstance(model_or_path, ov.Model) else ov.convert_model(str(model_or_path))
+    core = ov.Core()
+    if isinstance(model_or_path, ov.Model):
+        model = model_or_path
+    elif str(model_or_path).endswith(".xml"):
+        model = core.read_model(str(model_or_path))  # IR is read, not converted
+    else:
+        model = ov.convert_model(str(model_or_path))
     if shape is not None:
         model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
     config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
-    return ov.Core().compile_model(model, "CPU", config)
+    return core.compile_model(model, "CPU", config)
 
 
 def _ov_runner(compiled) -> Callable[[torch.Tensor], torch.Tensor]:
