@@ -206,9 +206,11 @@ class _Runner:
             out = self.model(self.x)
             if not self.train:
                 return
+            logits = out if isinstance(out, torch.Tensor) else out[0]  # GoogLeNet/Inception: with auxiliary logits
             if self.target is None:
-                self.target = torch.randint(0, out.shape[-1], out.shape[:1], device=self.dev)
-            loss = F.cross_entropy(out.float(), self.target)
+                self.target = torch.randint(0, logits.shape[-1], logits.shape[:1], device=self.dev)
+            loss = self.model.training_loss(out, self.target) if hasattr(self.model, "training_loss") else \
+                F.cross_entropy(logits.float(), self.target)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
