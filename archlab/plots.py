@@ -276,3 +276,92 @@ def plot_layer_shares(summary: Any, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ design studies
+# `archlab study` (archlab.studies.report): training curves per arm, the metric against multiply-adds, and the speed
+# study's throughput ratios beside the paper's. Each takes the plain dicts of archlab.studies.results.collect.
+
+_METRIC_LABELS = {"val_error": "validation error (%)", "train_error": "training error (%)"}
+
+
+def _study_pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_study_curves(arms: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
+    """Training and validation error per epoch, one line per arm: the mean over its seeds, with a band from the
+    lowest to the highest seed."""
+    plt = _study_pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for i, arm in enumerate(arms):
+        curves = [c for c in arm.get("curves") or [] if c]
+        if not curves:
+            continue
+        epochs = min(len(c) for c in curves)
+        colour = f"C{i % 10}"
+        for ax, key in zip(axes, ("train_error", "val_error")):
+            xs = [curves[0][e]["epoch"] for e in range(epochs)]
+            values = [[c[e][key] for c in curves] for e in range(epochs)]
+            mean = [sum(v) / len(v) for v in values]
+            ax.plot(xs, mean, "-o", ms=3, color=colour, label=f"{arm['label']} ({len(curves)} seeds)")
+            if len(curves) > 1:
+                ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], color=colour, alpha=0.18)
+    for ax, key in zip(axes, ("train_error", "val_error")):
+        ax.set(xlabel="epoch", ylabel=_METRIC_LABELS[key], title=_METRIC_LABELS[key].split(" (")[0])
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title + " (line: mean over seeds; band: lowest to highest seed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_study_cost(arms: Sequence[dict[str, Any]], metric: str, title: str, path: Path) -> Path:
+    """Each arm's metric (mean, with the seeds' standard deviation as error bars) against its multiply-adds."""
+    plt = _study_pyplot()
+    kept = [a for a in arms if a.get(f"{metric}_mean") is not None and a.get("macs")]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for i, a in enumerate(kept):
+        ax.errorbar(a["macs"] / 1e6, a[f"{metric}_mean"], yerr=a.get(f"{metric}_std") or 0.0, fmt="o", capsize=4,
+                    color=f"C{i % 10}", label=f"{a['label']} (n={a['seeds_done']})")
+        ax.annotate(a["label"], (a["macs"] / 1e6, a[f"{metric}_mean"]), xytext=(6, 4), textcoords="offset points",
+                    fontsize=8)
+    if kept and max(a["macs"] for a in kept) > 3 * min(a["macs"] for a in kept):
+        ax.set_xscale("log")
+    ax.set(xlabel="multiply-adds (M)", ylabel=_METRIC_LABELS.get(metric, metric), title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    if kept:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_speed_study(tables: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
+    """One panel per table: each row's throughput over the first row's, measured here beside the paper's."""
+    plt = _study_pyplot()
+    shown = [t for t in tables if t.get("rows")]
+    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.2 * max(1, len(shown)), 4.2), dpi=110, squeeze=False)
+    for ax, t in zip(axes[0], shown):
+        labels = [r["label"] for r in t["rows"]]
+        xs = range(len(labels))
+        ax.bar([x - 0.2 for x in xs], [r["ratio"] for r in t["rows"]], 0.4, label=f"measured ({t['device']})")
+        ax.bar([x + 0.2 for x in xs], [r["paper_ratio"] for r in t["rows"]], 0.4, label=f"paper: {t['paper_column']}")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xticks(list(xs), labels, rotation=35, ha="right", fontsize=8)
+        ax.set(title=f"{t['name']} ({t['where']}): {t['verdict']}", ylabel="throughput / first row's")
+        ax.legend(fontsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

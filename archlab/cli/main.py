@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scale": ("scale", "compound scaling measured: params and MACs of B0 scaled by phi vs 2^phi"),
     "bench": ("bench", "time models (speed, memory), optionally against torchvision/timm in the same run"),
     "export": ("export", "export to ONNX or a torch.export program, checked by running the file"),
+    "study": ("study", "test a design claim (degradation, cardinality, SE ...) on this machine and data"),
 }
 
 
