@@ -80,3 +80,21 @@ def test_the_debian_package() -> None:
     assert (len(bundle.train), len(bundle.val)) == (5400, 6000)
     assert bundle.classes[0] == "T-shirt/top"
     assert len(build_data("fashion-mnist", lambda kind: prep(), with_train=False).val) == 10000
+
+
+def test_train_takes_it_from_the_command_line(tmp_path, capsys) -> None:
+    import json
+
+    from archlab.cli.main import main
+
+    folder = tiny_idx_folder(tmp_path / "fm", train=100, test=30)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "cifar_resnet20:depth=8,width_mult=0.25", "--data", str(folder), "--data-fraction", "0.5",
+                 "--epochs", "1", "--warmup-epochs", "0", "--sched", "step", "--input-size", "8", "--batch-size", "15",
+                 "--out", str(run), "--json"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["data_fraction"] == 0.5 and config["sched"] == "step" and config["model"].endswith("=0.25")
+    assert json.loads(capsys.readouterr().out)["steps"] == 3  # 45 of the 90 training images, batch 15
+    assert main(["train", "cifar_resnet20", "--data", str(folder), "--data-fraction", "0"]) == 2
+    assert "must be in (0, 1]" in capsys.readouterr().err

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="the released ImageNet weights (downloaded once; a TAG from `archlab card` picks "
                             "another release), evaluated with their own preprocessing")
     p.add_argument("--data", required=True, metavar="SPEC",
-                   help="'digits' (its val split), a CIFAR folder (test split), an ImageFolder root (val/)")
+                   help="'digits' (its val split), 'fashion-mnist' (its 10,000 test images), a CIFAR folder (test "
+                        "split), an ImageFolder root (val/)")
     p.add_argument("--batch-size", type=positive_int, default=128, metavar="B")
     p.add_argument("--source", choices=("archlab", "torchvision", "timm"), default="archlab",
                    help="naming convention of the weights' keys (default archlab)")

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from archlab.cli.args import CLIError, float_in, nonneg_int, positive_int, writable_dir
+from archlab.cli.args import SPEC_HELP, CLIError, float_in, fraction, nonneg_int, positive_int, writable_dir
 from archlab.cli.output import console, print_json
 
 if TYPE_CHECKING:
@@ -20,16 +20,20 @@ if TYPE_CHECKING:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     inf = float("inf")
-    p.add_argument("model", help="registered model name (see `archlab list`)")
+    p.add_argument("model", help=SPEC_HELP)
     p.add_argument("--data", required=True, metavar="SPEC",
-                   help="'digits', a CIFAR-10/100 python-format folder, or an ImageFolder root with train/ and val/")
+                   help="'digits', 'fashion-mnist' (apt-get install dataset-fashion-mnist, or a folder of its four IDX "
+                        "files), a CIFAR-10/100 python-format folder, or an ImageFolder root with train/ and val/")
+    p.add_argument("--data-fraction", type=fraction, metavar="F",
+                   help="train on a fixed-seed share F of the training split (default 1; validation stays whole)")
     p.add_argument("--epochs", type=positive_int, help="default: 10 digits, 200 CIFAR, 90 ImageFolder")
     p.add_argument("--batch-size", type=positive_int, metavar="B",
                    help="global batch size, split over torchrun processes (default: 64 / 128 / 256)")
     p.add_argument("--lr", type=float_in(0, inf, lo_open=True), help="peak learning rate (sgd 0.1, adamw 2e-3)")
     p.add_argument("--weight-decay", type=float_in(0, inf), help="sgd 5e-4, adamw 0.05; never on norms/biases")
     p.add_argument("--opt", choices=("sgd", "adamw"), help="optimizer (default sgd, Nesterov momentum 0.9)")
-    p.add_argument("--sched", choices=("cosine", "none"), help="LR schedule after warm-up (default cosine)")
+    p.add_argument("--sched", choices=("cosine", "step", "none"),
+                   help="LR schedule after warm-up (default cosine; step: /10 at 50%% and 75%%, He et al.'s CIFAR one)")
     p.add_argument("--warmup-epochs", type=float_in(0, inf), help="linear LR warm-up (default 1; 5 ImageFolder)")
     p.add_argument("--label-smoothing", type=float_in(0, 1), help="default 0.1 (0 for CIFAR)")
     p.add_argument("--drop-path", type=float_in(0, 1), help="stochastic-depth rate (default 0)")
@@ -104,14 +108,14 @@ def clean_data_error(exc: BaseException) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from archlab.registry import model_card
+    from archlab.registry import model_card, parse_model_spec
     from archlab.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from archlab.train.data import DataError
     from archlab.train.distributed import init_distributed, shutdown
     from archlab.train.loop import TrainingDiverged, TrainingInterrupted, train
     from archlab.train.recipe import KIND_DEFAULTS, data_kind, resolve_config
 
-    model_card(args.model)  # unknown model: one line naming the closest ones
+    model_card(parse_model_spec(args.model)[0])  # unknown model: one line naming the closest ones
     if args.resume and args.out:
         raise CLIError("archlab train: give --resume RUN_DIR or --out RUN_DIR, not both")
     if args.amp == "fp16" and (args.device == "cpu" or not _cuda_available()):
