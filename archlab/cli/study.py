@@ -111,7 +111,11 @@ def _run(args: argparse.Namespace) -> int:
     if study.kind == "train":
         _check_data(args.data, args.data_fraction)
     runner.enqueue_missing()
-    interrupted = _work(runner, args.workers)
+    workers = args.workers
+    if study.kind == "speed" and workers > 1:  # timings taken side by side would time each other
+        print("archlab: note: a speed study times one table at a time; --workers ignored", file=sys.stderr)
+        workers = 1
+    interrupted = _work(runner, workers)
     result = collect(runner, costs)
     write_report(result, runner.out)
     _render(result, args.json)
