@@ -89,6 +89,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(read_checkpoint(path), str(path))
 
 
+_NOT_A_CHECKPOINT = "not a checkpoint, or truncated or corrupt (expected a torch .pt/.pth file or .safetensors)"
+
+
 def _pickle_globals(path: Path) -> list[str]:
     """The classes and functions a plain pickle file would import, read from its opcodes without running any
     (:mod:`pickletools`); empty for a file that is not a pickle."""
@@ -140,14 +143,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
                 f"{path}: refused: a pickle holding objects that are not tensors ({', '.join(names[:3])}); "
                 f"archlab reads checkpoints without executing code, so it loads only tensors and plain containers"
             ) from None
-        raise WeightsError(f"{path}: not a checkpoint, or corrupt (expected a torch .pt/.pth file or .safetensors)") \
-            from None
+        raise WeightsError(f"{path}: {_NOT_A_CHECKPOINT}") from None
     except RuntimeError as exc:  # a zip archive that does not open: truncated or damaged in transfer
         reason = _first_line(exc).split(". ")[0]
         raise WeightsError(f"{path}: not a checkpoint, or truncated or corrupt ({reason})") from None
     except Exception:  # noqa: BLE001 - text, JSON, random bytes make the unpickler fail in arbitrary ways
-        raise WeightsError(f"{path}: not a checkpoint, or corrupt (expected a torch .pt/.pth file or .safetensors)") \
-            from None
+        raise WeightsError(f"{path}: {_NOT_A_CHECKPOINT}") from None
     return obj
 
 

@@ -41,6 +41,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     return paths
 
 
+NOT_A_CHECKPOINT = "not a checkpoint, or truncated or corrupt"
 # command -> rows of (argv after the command, with {name} filled from `files`; what the one line must say)
 BAD_INPUTS: dict[str, list[tuple[list[str], str]]] = {
     "list": [(["no-such-model*"], "no model matches")],
@@ -69,9 +70,9 @@ BAD_INPUTS: dict[str, list[tuple[list[str], str]]] = {
               (["cifar_resnet20", "--data", "digits", "--resume", "{dir}/none"], "no checkpoint")],
     "study": [(["no-such-stdy"], "unknown study 'no-such-stdy'"),
               (["degradation", "--workers", "0"], "--workers: must be >= 1")],
-    "eval": [(["cifar_resnet20", "--data", "digits", "--weights", "{text}"], "not a checkpoint, or corrupt"),
-             (["cifar_resnet20", "--data", "digits", "--weights", "{json}"], "not a checkpoint, or corrupt"),
-             (["cifar_resnet20", "--data", "digits", "--weights", "{random}"], "not a checkpoint, or corrupt"),
+    "eval": [(["cifar_resnet20", "--data", "digits", "--weights", "{text}"], NOT_A_CHECKPOINT),
+             (["cifar_resnet20", "--data", "digits", "--weights", "{json}"], NOT_A_CHECKPOINT),
+             (["cifar_resnet20", "--data", "digits", "--weights", "{random}"], NOT_A_CHECKPOINT),
              (["cifar_resnet20", "--data", "digits", "--weights", "{evil}"],
               "refused: a pickle holding objects that are not tensors (posix.system)")],
 }

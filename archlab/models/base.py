@@ -65,18 +65,18 @@ class ArchNet(nn.Module):
         auxiliary classifiers) add their terms."""
         return (criterion or nn.functional.cross_entropy)(output, target)
 
-
-def training_logits(output: Any) -> torch.Tensor:
-    """The main logits of a training-mode output: the tensor itself, or the first field of an output that carries
-    auxiliary logits too (torchvision's ``GoogLeNetOutputs`` / ``InceptionOutputs``)."""
-    return output if isinstance(output, torch.Tensor) else output[0]
-
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Gradient checkpointing of every block (see :mod:`archlab.checkpointing`): less activation memory in
         training for about one more forward pass of compute; results unchanged."""
         from archlab.checkpointing import set_grad_checkpointing
 
         set_grad_checkpointing(self, enable)
+
+
+def training_logits(output: Any) -> torch.Tensor:
+    """The main logits of a training-mode output: the tensor itself, or the first field of an output that carries
+    auxiliary logits too (torchvision's ``GoogLeNetOutputs`` / ``InceptionOutputs``)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
 
 
 def check_num_classes(num_classes: int, allow_zero: bool = False) -> None:
