@@ -16,6 +16,7 @@ import archlab
 from archlab.cli import main
 from archlab.deploy import fuse
 from archlab.models.base import ArchNet
+from helpers import HEAVIEST
 
 
 def randomize_norms_moderately(model: nn.Module, seed: int = 0) -> None:
@@ -45,7 +46,7 @@ def count_norms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-@pytest.mark.parametrize("name", archlab.list_models())
+@pytest.mark.parametrize("name", [n for n in archlab.list_models() if n not in HEAVIEST])
 def test_fused_model_matches_eval_model(name):
     card = archlab.model_card(name)
     model = archlab.create_model(name, drop_path_rate=0.1 if "resnet" in name else 0.0)
