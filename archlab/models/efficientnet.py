@@ -11,6 +11,7 @@ a row of :data:`archlab.scaling.RELEASED` (B1–B7), or with :func:`archlab.scal
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -149,6 +150,37 @@ class MBConv(nn.Module):
         return residual_add(out, x, self.drop_path) if self.use_residual else out
 
 
+def mbconv_body(table: Any, in_chans: int, drop_path_rate: float, norm: dict[str, float],
+                block_for: Callable[[Any], type[nn.Module]] = lambda stage: MBConv) -> tuple[list[nn.Module], list[dict]]:
+    """The layers of an EfficientNet-style body from a stage table (``stem``, ``stages`` with layers / channels /
+    expand / kernel / stride, ``head``): a 3x3 stride-2 stem, one Sequential of blocks per stage
+    (``block_for(stage)``: MBConv, or EfficientNetV2's Fused-MBConv), the 1x1 head conv; and the feature info, one
+    entry per resolution (its last stage). Shared by EfficientNet and EfficientNetV2."""
+    layers: list[nn.Module] = [ConvNormAct(in_chans, table.stem, 3, 2, act="silu", **norm)]
+    feature_info: list[dict] = []
+    total_blocks = sum(s.layers for s in table.stages)
+    chs, reduction, block_idx = table.stem, 2, 0
+    for stage in table.stages:
+        blocks = []
+        for i in range(stage.layers):
+            stride = stage.stride if i == 0 else 1
+            # Stochastic depth rises linearly with block index, as in the reference: rate * idx / total, so
+            # the first block is never dropped and the last is dropped with rate * (total - 1) / total.
+            rate = drop_path_rate * block_idx / total_blocks
+            blocks.append(block_for(stage)(chs, stage.channels, stage.expand, stage.kernel, stride, rate, **norm))
+            chs, block_idx = stage.channels, block_idx + 1
+        reduction *= stage.stride
+        layers.append(nn.Sequential(*blocks))
+        # One feature per resolution: its last stage (a stride-2 stage starts a new resolution).
+        info = dict(module=f"features.{len(layers) - 1}", num_chs=chs, reduction=reduction)
+        if feature_info and feature_info[-1]["reduction"] == reduction:
+            feature_info[-1] = info
+        else:
+            feature_info.append(info)
+    layers.append(ConvNormAct(chs, table.head, 1, act="silu", **norm))
+    return layers, feature_info
+
+
 class EfficientNet(PooledClassifierNet):
     """EfficientNet from a (scaled) stage table: stem, MBConv stages, 1x1 head conv, pool, dropout, FC."""
 
@@ -171,28 +203,7 @@ class EfficientNet(PooledClassifierNet):
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
-        layers: list[nn.Module] = [ConvNormAct(in_chans, table.stem, 3, 2, act="silu", **norm)]
-        self.feature_info = []
-        total_blocks = sum(s.layers for s in table.stages)
-        chs, reduction, block_idx = table.stem, 2, 0
-        for stage in table.stages:
-            blocks = []
-            for i in range(stage.layers):
-                stride = stage.stride if i == 0 else 1
-                # Stochastic depth rises linearly with block index, as in the reference: rate * idx / total, so
-                # the first block is never dropped and the last is dropped with rate * (total - 1) / total.
-                rate = drop_path_rate * block_idx / total_blocks
-                blocks.append(MBConv(chs, stage.channels, stage.expand, stage.kernel, stride, rate, **norm))
-                chs, block_idx = stage.channels, block_idx + 1
-            reduction *= stage.stride
-            layers.append(nn.Sequential(*blocks))
-            # One feature per resolution: its last stage (a stride-2 stage starts a new resolution).
-            info = dict(module=f"features.{len(layers) - 1}", num_chs=chs, reduction=reduction)
-            if self.feature_info and self.feature_info[-1]["reduction"] == reduction:
-                self.feature_info[-1] = info
-            else:
-                self.feature_info.append(info)
-        layers.append(ConvNormAct(chs, table.head, 1, act="silu", **norm))
+        layers, self.feature_info = mbconv_body(table, in_chans, drop_path_rate, norm)
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = table.head

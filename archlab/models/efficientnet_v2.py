@@ -22,7 +22,7 @@ from torch import nn
 
 from archlab.layers import ConvNormAct, DropPath, init_weights, residual_add
 from archlab.models.base import PooledClassifierNet, linear_or_identity
-from archlab.models.efficientnet import MBConv
+from archlab.models.efficientnet import MBConv, mbconv_body
 from archlab.registry import ModelCard, register
 
 BN_ARGS = dict(bn_eps=1e-3, bn_momentum=0.1)
@@ -140,28 +140,8 @@ class EfficientNetV2(PooledClassifierNet):
         if bad:
             raise ValueError(f"stage block must be one of {', '.join(BLOCKS)}, got {bad[0]!r}")
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
-        layers: list[nn.Module] = [ConvNormAct(in_chans, table.stem, 3, 2, act="silu", **BN_ARGS)]
-        self.feature_info = []
-        total_blocks = sum(s.layers for s in table.stages)
-        chs, reduction, block_idx = table.stem, 2, 0
-        for stage in table.stages:
-            block = FusedMBConv if stage.block == "fused" else MBConv
-            blocks = []
-            for i in range(stage.layers):
-                # Stochastic depth rising linearly with the block index, as in EfficientNet (rate * idx / total).
-                rate = drop_path_rate * block_idx / total_blocks
-                stride = stage.stride if i == 0 else 1
-                blocks.append(block(chs, stage.channels, stage.expand, stage.kernel, stride, rate, **BN_ARGS))
-                chs, block_idx = stage.channels, block_idx + 1
-            reduction *= stage.stride
-            layers.append(nn.Sequential(*blocks))
-            # One feature per resolution: its last stage.
-            info = dict(module=f"features.{len(layers) - 1}", num_chs=chs, reduction=reduction)
-            if self.feature_info and self.feature_info[-1]["reduction"] == reduction:
-                self.feature_info[-1] = info
-            else:
-                self.feature_info.append(info)
-        layers.append(ConvNormAct(chs, table.head, 1, act="silu", **BN_ARGS))
+        layers, self.feature_info = mbconv_body(
+            table, in_chans, drop_path_rate, BN_ARGS, lambda stage: FusedMBConv if stage.block == "fused" else MBConv)
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = table.head

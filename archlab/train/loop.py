@@ -271,8 +271,10 @@ def train(cfg: TrainConfig, ctx: DistContext, console: Any = None, resume: dict[
             scan = stack.enter_context(_progress(console))
             task = scan.add_task("checking images", total=None, info="", visible=False)
 
-            def on_scan(done: int, total: int) -> None:
+            def show_scan(done: int, total: int) -> None:
                 scan.update(task, completed=done, total=total, visible=total > 2048)
+
+            on_scan = show_scan
 
         bundle = build_data(cfg.data, lambda kind: training_preprocessing(kind, cfg.model, cfg.input_size),
                             augment=Augmentation(cfg.augment, cfg.random_erase), fraction=cfg.data_fraction,
