@@ -224,6 +224,19 @@ def test_two_workers_take_every_trial_once(tmp_path, data, capsys) -> None:
     assert all(t["threads"] == max(1, (os.cpu_count() or 1) // 2) for t in done)
 
 
+def test_a_storage_url_holds_the_study_and_show_finds_it(tmp_path, data, capsys) -> None:
+    path = study_file(tmp_path, micro_toml([("res", TINY_RES, "")], seeds="[0]"))
+    db = tmp_path / "shared" / "studies.db"
+    db.parent.mkdir()
+    out = tmp_path / "machine-a"
+    code, _, err = run_cli(capsys, "study", str(path), "--data", str(data), "--out", str(out), "--storage",
+                           f"sqlite:///{db}")
+    assert code == 0, err
+    assert db.is_file() and not (out / "study.db").exists()
+    code, shown, _ = run_cli(capsys, "study", "show", str(out), "--json")
+    assert code == 0 and json.loads(shown)["progress"]["done"] == 1
+
+
 def test_a_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path, data, capsys) -> None:
     path = study_file(tmp_path, micro_toml([("res", TINY_RES, ""), ("wild", TINY_RES, "{ lr = 1e30 }")]))
     out = tmp_path / "diverged"
