@@ -85,17 +85,6 @@ def plot_path(text: str | None) -> Path | None:
     return writable_file(plot, "--plot")
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
-    return value
-
-
 def float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True):
     """An argparse type: a number in the interval from ``lo`` to ``hi`` (open or closed at each end)."""
 
@@ -109,3 +98,6 @@ def float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True):
                                              f"{')' if hi_open else ']'}, got {value}")
         return value
     return parse
+
+
+fraction = float_in(0, 1, lo_open=True, hi_open=False)  # an argparse type: a number in (0, 1]
