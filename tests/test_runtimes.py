@@ -209,3 +209,55 @@ def test_export_bf16_torch_export_program(tmp_path, capsys, bf16_cpu):
     assert result["precision"] == "bf16" and result["matches"] and result["max_abs_diff"] > 0
     program = torch.export.load(str(path))
     assert {t.dtype for t in program.state_dict.values()} == {torch.bfloat16}  # the file holds bf16 weights
+
+
+def load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runtimes_benchmark_script_reports_ratios_rates_and_roofline(tmp_path):
+    out = tmp_path / "runtimes.md"
+    threads = torch.get_num_threads()
+    try:
+        assert load_script("runtimes").main(
+            ["--models", "cifar_resnet20", "--batches", "1", "--input", "32", "--repeats", "1", "--warmup", "0",
+             "--rounds", "1", "--same-process", "--no-bf16", "--gemm-size", "128", "--threads", str(threads),
+             "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    text = out.read_text()
+    assert "--models cifar_resnet20" in text and "Load average" in text and "GFLOP/s" in text
+    assert "| cifar_resnet20 |" in text and "**geometric mean**" in text and "roofline bound" in text
+
+
+def test_runtimes_profile_splits_the_forward_by_layer_kind(capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert load_script("runtimes").main(["--profile", "--models", "mobilenet_v2", "--batches", "1", "--input",
+                                             "32", "--repeats", "2", "--threads", str(threads)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "| depthwise convs |" in out and "| 1x1 convs |" in out and "**forward, wall**" in out
+
+
+@bf16_kernels
+def test_bf16_digits_script_compares_every_form_with_fp32(tmp_path, bf16_cpu):
+    # The comparison of benchmarks/bf16_digits.py on an untrained model and random images (the script itself trains
+    # one on digits: minutes, not a test).
+    module = load_script("bf16_digits")
+    model = archlab.create_model("cifar_resnet20", num_classes=10).eval()
+    loader = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
+    rows = module.compare(module.forms(model, 32, str(tmp_path), bf16=True), loader)
+    by = {r["form"]: r for r in rows}
+    assert list(by) == ["fp32 eager", "fp32 fused (ours)", "fp32 OpenVINO", "bf16 fused (ours)", "bf16 OpenVINO"]
+    assert by["fp32 eager"]["max_abs_diff"] == 0 and all(r["images"] == 16 for r in rows)
+    assert by["fp32 fused (ours)"]["agreement"] == 1.0 and by["fp32 fused (ours)"]["max_abs_diff"] < 1e-4
+    assert 0 < by["bf16 fused (ours)"]["max_abs_diff"] < 0.05 * by["fp32 eager"]["logit_scale"]

@@ -78,7 +78,9 @@ class FusedConv2d(nn.Conv2d):
         self.act = act
         self.residual = residual
         self.post_op, self.post_op_scalars = _POST_OPS[type(act)] if act is not None else ("none", [])
-        self._packed: dict[tuple, torch.Tensor] = {}
+        self._geometry = (list(self.padding), list(self.stride), list(self.dilation))
+        # Per input signature: the prepacked weight, or False where the fused path does not apply (see _call_weight).
+        self._packed: dict[tuple, torch.Tensor | bool] = {}
 
     @staticmethod
     def supports(conv: nn.Module) -> bool:
@@ -120,26 +122,44 @@ class FusedConv2d(nn.Conv2d):
         return True
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        # oneDNN picks the blocked weight layout for an input shape; repacked when the shape or the weight changes.
-        key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
+        # oneDNN picks the blocked weight layout for an input shape: packed once per shape (and weight change).
+        return torch._C._nn.mkldnn_reorder_conv2d_weight(
+            self.weight.detach().to_mkldnn(), *self._geometry, self.groups, list(x.shape))
+
+    def _call_weight(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor | None:
+        """The prepacked weight when this call takes the fused path, else None. What :meth:`_use_onednn` decides
+        depends on the input's signature (shape, dtype, device, autograd), the weight's, the global modes and the
+        memory layout: the global modes and the layout are checked on every call, the rest once per signature
+        (a batch-1 MobileNetV2 makes 52 of these calls per image, so their Python cost counts)."""
+        if (type(x) is not torch.Tensor or torch.jit.is_scripting() or torch.jit.is_tracing()
+                or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu")
+                or not x.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        grad = torch.is_grad_enabled()
+        w = self.weight
+        key = (x.shape, x.dtype, x.device, grad and x.requires_grad, w.data_ptr(), w._version, w.dtype, w.device,
+               grad and w.requires_grad,
+               None if residual is None else (type(residual), residual.shape, residual.dtype, residual.device,
+                                              grad and residual.requires_grad))
         packed = self._packed.get(key)
         if packed is None:
-            if len(self._packed) >= 4:
+            if len(self._packed) >= 8:
                 self._packed.clear()
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                self.weight.detach().to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation),
-                self.groups, list(x.shape))
+            packed = self._packed_weight(x) if self._use_onednn(x, residual) else False
             self._packed[key] = packed
+        if packed is False or (residual is not None
+                               and not residual.is_contiguous(memory_format=torch.channels_last)):
+            return None
         return packed
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self._use_onednn(x, residual):
-            w, geometry = self._packed_weight(x), (list(self.padding), list(self.stride), list(self.dilation))
+        w = self._call_weight(x, residual)
+        if w is not None:
             if residual is None:
                 return torch.ops.mkldnn._convolution_pointwise(
-                    x, w, self.bias, *geometry, self.groups, self.post_op, self.post_op_scalars, None)
+                    x, w, self.bias, *self._geometry, self.groups, self.post_op, self.post_op_scalars, None)
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, residual, w, self.bias, *geometry, self.groups, "add", None,
+                x, residual, w, self.bias, *self._geometry, self.groups, "add", None,
                 self.post_op if self.act is not None else None, self.post_op_scalars, None)
         y = self._conv_forward(x, self.weight, self.bias)
         if residual is not None:

@@ -42,6 +42,7 @@ class RuntimeJob:
     warmup: int
     spinning: bool
     seed: int = 0
+    env: tuple[tuple[str, str], ...] = ()  # environment variables of its process (e.g. OpenMP's wait policy)
 
 
 def runtime_example(batch: int, in_chans: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -121,7 +122,8 @@ class _ProcessRunner:
         import archlab
 
         root = str(Path(archlab.__file__).resolve().parents[1])  # the child imports this archlab
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+               **dict(job.env)}
         self.log = open(os.path.join(log_dir, f"{job.runtime}-{job.precision}.log"), "w+b")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from archlab.deploy.timing import worker_main; worker_main()"],
@@ -175,11 +177,14 @@ class RuntimeRun:
     timing: str
 
 
-def bench_runtimes(name: str, pairs: list[tuple[str, str]], batch: int, size: int, repeats: int = 20,
+def bench_runtimes(name: str, pairs: list[tuple], batch: int, size: int, repeats: int = 20,
                    warmup: int = 5, device: str = "cpu", threads: int | None = None, isolate: bool = True,
-                   rounds: int | None = None, on_block: Callable[[int], None] | None = None) -> RuntimeRun:
+                   rounds: int | None = None, on_block: Callable[[int], None] | None = None,
+                   weights: Callable[[torch.nn.Module], None] | None = None) -> RuntimeRun:
     """Time model ``name`` (random weights, the same in every runtime) in each (runtime, precision) of ``pairs``
-    (:func:`archlab.deploy.runtimes.check_runtimes`) at ``batch`` x ``size`` x ``size``.
+    (:func:`archlab.deploy.runtimes.check_runtimes`) at ``batch`` x ``size`` x ``size``. A pair may carry a third
+    item, a dict of environment variables for that runtime's process (``isolate`` only): the same runtime twice,
+    with and without ``OMP_WAIT_POLICY=PASSIVE``, is two entries.
 
     ``isolate``: each runtime in its own spawned process, with its thread pool as its library sets it up (ONNX
     Runtime spinning); else all in this process, ONNX Runtime's spinning off. Either way the ``repeats`` timed
@@ -187,9 +192,14 @@ def bench_runtimes(name: str, pairs: list[tuple[str, str]], batch: int, size: in
     order reversed every round, so that load drifting on a shared machine meets every runtime alike; each block
     starts with one untimed step. Each row: the step times' median, quartiles, images/s, and the max |diff| of
     its outputs from float32 eager PyTorch's on the same input, against :func:`agreement_tolerance`
-    (``agrees``), and the share of the batch whose top-1 class is eager's (``top1_agree``).
+    (``agrees``), and the share of the batch whose top-1 class is eager's (``top1_agree``). ``weights``, if given,
+    changes the built model's weights in place before every runtime gets them (a benchmark's own draw).
     """
     import tempfile
+
+    entries = [(p[0], p[1], dict(p[2]) if len(p) > 2 else {}) for p in pairs]
+    if not isolate and any(env for *_, env in entries):
+        raise ValueError("environment variables of a runtime apply to runtimes in their own processes")
 
     from archlab.deploy import fuse
     from archlab.deploy.export import export_onnx
@@ -198,6 +208,8 @@ def bench_runtimes(name: str, pairs: list[tuple[str, str]], batch: int, size: in
     threads = threads or torch.get_num_threads()
     rounds = max(1, min(rounds or 5, repeats))
     model = build_named(name).eval()
+    if weights is not None:
+        weights(model)
     in_chans = getattr(model, "in_chans", 3)
     x = runtime_example(batch, in_chans, size)
     with torch.inference_mode():
@@ -207,12 +219,12 @@ def bench_runtimes(name: str, pairs: list[tuple[str, str]], batch: int, size: in
         state_path = os.path.join(tmp, "weights.pt")
         torch.save(model.state_dict(), state_path)
         onnx_path = None
-        if any(r in ("onnxruntime", "openvino") for r, _ in pairs):
+        if any(r in ("onnxruntime", "openvino") for r, _, _ in entries):
             onnx_path = os.path.join(tmp, "model.onnx")
             export_onnx(fuse(model), onnx_path, size)
         del model
         jobs = [RuntimeJob(r, p, name, state_path, onnx_path, batch, size, in_chans, device, threads, warmup,
-                           spinning=isolate) for r, p in pairs]
+                           spinning=isolate, env=tuple(sorted(env.items()))) for r, p, env in entries]
         try:
             if isolate:
                 runners = [_ProcessRunner(job, tmp) for job in jobs]  # built in parallel, timed one at a time
@@ -235,17 +247,18 @@ def bench_runtimes(name: str, pairs: list[tuple[str, str]], batch: int, size: in
                     runner.close()
     scale = reference.abs().max().item()
     rows = []
-    for (runtime, precision), runner, t in zip(pairs, runners, times):
+    for (runtime, precision, env), runner, t in zip(entries, runners, times):
         summary = summarize(Contender(runtime, lambda: None, times_ms=t), batch)
         diff = (runner.output - reference).abs().max().item()
         tolerance = agreement_tolerance(precision, scale)
         top1 = (runner.output.argmax(-1) == reference.argmax(-1)).float().mean().item()
         rows.append(dict(model=name, input=size, runtime=runtime, precision=precision,
                          **{k: v for k, v in summary.items() if k not in ("impl", "channels_last", "fused")},
-                         impl=runtime if precision == "fp32" else f"{runtime} {precision}",
-                         max_abs_diff=diff, output_scale=scale, tolerance=tolerance, agrees=diff <= tolerance,
-                         top1_agree=top1, detail=runner.prepared.detail))
-    eager = next((r for r in rows if r["runtime"] == "eager" and r["precision"] == "fp32"), None)
+                         impl=" ".join([runtime] + ([precision] if precision != "fp32" else [])
+                                       + [f"{k}={v}" for k, v in sorted(env.items())]),
+                         env=env, max_abs_diff=diff, output_scale=scale, tolerance=tolerance,
+                         agrees=diff <= tolerance, top1_agree=top1, detail=runner.prepared.detail))
+    eager = next((r for r in rows if r["runtime"] == "eager" and r["precision"] == "fp32" and not r["env"]), None)
     for r in rows:
         r["speed_vs_eager"] = r["images_per_s"] / eager["images_per_s"] if eager else None
     how = ("each runtime in its own process" if isolate else

@@ -1,0 +1,438 @@
+"""archlab's PyTorch inference form against ONNX Runtime and OpenVINO, fp32 and bf16, with the machine's GEMM rates.
+
+Each model (random weights, the same in every runtime) runs in ``fuse(model, onednn=True)`` (ours, channels-last),
+ONNX Runtime and OpenVINO (both from the BatchNorm-folded ONNX file), and in bf16 ours and OpenVINO's, each
+runtime in its own process, the runtimes' blocks of timed steps alternated (:func:`archlab.deploy.timing.
+bench_runtimes`); medians. Ratios are ours over theirs in images/s (> 1: ours faster), geometric means over the
+models. The same run measures this machine's fp32 and bf16 ``torch.mm`` rates and its copy bandwidth, and prints
+each row's achieved FLOP/s (2 x counted MACs x images/s) as a share of the GEMM rate of its precision, and a
+roofline bound per model: the sum over its convolutions of max(FLOPs / GEMM rate, bytes moved / bandwidth), with the
+share of that bound spent in layers bound by memory (Williams, Waterman, Patterson 2009, "Roofline: an insightful
+visual performance model", CACM 52(4)).
+
+``--profile`` instead prints where the time of one forward pass goes in ours (a timer around each conv module)
+and in ONNX Runtime (``SessionOptions.enable_profiling``, its per-node kernel times), by kind of layer.
+
+    python benchmarks/runtimes.py --threads 2 --out benchmarks/results/runtimes.md
+    python benchmarks/runtimes.py --profile --models mobilenet_v2 --batches 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import archlab
+from archlab.analysis.profile import profile
+from archlab.bench import geometric_mean, write_report
+from archlab.deploy import fuse
+from archlab.deploy.export import export_onnx
+from archlab.deploy.onednn import FusedConv2d
+from archlab.deploy.precision import native_bf16
+from archlab.deploy.runtimes import check_runtimes, ort_session
+from archlab.deploy.timing import bench_runtimes
+
+PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
+MODELS = ["resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
+
+
+# ------------------------------------------------------------------------------------------ machine rates
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def trained_like_norms(model: nn.Module, seed: int = 0) -> None:
+    """BatchNorm statistics and affine terms drawn at random, as a trained network has them, so activations keep
+    their scale (with the initial identity statistics MobileNet's and EfficientNet's logits are ~1e-9, and tiny
+    values are not what a deployed network computes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                    m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def gemm_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n x n x n ``torch.mm`` (2 n^3 FLOPs; best of ``repeats``: the rate this machine can reach)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def onednn_gemm_rate(dtype: torch.dtype, channels: int = 1024, side: int = 64, repeats: int = 5) -> float:
+    """FLOP/s of the same kind of GEMM run by oneDNN: a 1x1 convolution, ``channels`` in and out, over
+    ``side`` x ``side`` pixels, channels-last, prepacked weight (the kernel our convolutions run; on this machine
+    ``torch.mm`` in fp32 goes to MKL, which reaches well under it)."""
+    x = torch.randn(1, channels, side, side).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch._C._nn.mkldnn_reorder_conv2d_weight(torch.randn(channels, channels, 1, 1).to(dtype).to_mkldnn(),
+                                                  [0, 0], [1, 1], [1, 1], 1, list(x.shape))
+
+    def conv() -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(x, w, None, [0, 0], [1, 1], [1, 1], 1, "none", [], None)
+    conv()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        conv()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * channels**2 * side**2 / best
+
+
+def copy_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+    """Bytes/s of a large tensor copy (read + write counted), best of ``repeats``: the memory roof."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best
+
+
+def conv_layers(model: nn.Module, batch: int, size: int) -> list[dict]:
+    """Each conv of ``model`` as run at ``batch`` x ``size``: kind, MACs and the bytes it moves at fp32 (input read,
+    output written, weights read: a bound that assumes nothing stays in cache between layers)."""
+    layers = []
+
+    def hook(m: nn.Conv2d, args: tuple, out: torch.Tensor) -> None:
+        x = args[0]
+        k = m.kernel_size[0] * m.kernel_size[1]
+        macs = out.numel() * (m.in_channels // m.groups) * k
+        kind = ("depthwise" if m.groups == m.in_channels and m.groups > 1 else
+                "1x1" if k == 1 else "grouped kxk" if m.groups > 1 else "dense kxk")
+        layers.append(dict(kind=kind, macs=macs, elements=x.numel() + out.numel() + m.weight.numel()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.randn(batch, 3, size, size))
+    for h in handles:
+        h.remove()
+    return layers
+
+
+def roofline(layers: list[dict], flops_per_s: float, bytes_per_s: float, element_bytes: int) -> tuple[float, float]:
+    """(bound in seconds for the layers, share of that bound in memory-bound layers)."""
+    total = memory = 0.0
+    for layer in layers:
+        compute, traffic = 2 * layer["macs"] / flops_per_s, layer["elements"] * element_bytes / bytes_per_s
+        total += max(compute, traffic)
+        memory += traffic if traffic > compute else 0.0
+    return total, memory / total if total else 0.0
+
+
+# ------------------------------------------------------------------------------------------ profile
+
+
+def _kind(cin_per_group: int, cout: int, k: int, cin: int) -> str:
+    if cin_per_group == 1 and k > 1 and cin > 1:
+        return "depthwise"
+    return "1x1" if k == 1 else ("grouped kxk" if cin_per_group < cin else "dense kxk")
+
+
+class OursProfiled:
+    """Our form with a timer around each conv module (its Python and its oneDNN call): ``step()`` runs one
+    forward and returns (ms per conv kind, wall ms)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.form = fuse(model, onednn=True).to(memory_format=torch.channels_last)
+        self.x = x.contiguous(memory_format=torch.channels_last)
+        self.spent: dict[str, float] = defaultdict(float)
+        starts: dict[int, float] = {}
+
+        def pre(m: nn.Module, args: tuple) -> None:
+            starts[id(m)] = time.perf_counter()
+
+        def post(m: FusedConv2d, args: tuple, out: torch.Tensor) -> None:
+            k = m.kernel_size[0] * m.kernel_size[1]
+            kind = _kind(m.in_channels // m.groups, m.out_channels, k, m.in_channels)
+            self.spent[kind] += (time.perf_counter() - starts.pop(id(m))) * 1e3
+
+        for m in self.form.modules():
+            if isinstance(m, FusedConv2d):
+                m.register_forward_pre_hook(pre)
+                m.register_forward_hook(post)
+
+    def step(self) -> tuple[dict[str, float], float]:
+        self.spent.clear()
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            self.form(self.x)
+            return dict(self.spent), (time.perf_counter() - t0) * 1e3
+
+
+class OrtProfiled:
+    """ONNX Runtime with its own profiler on (``SessionOptions.enable_profiling``, per-node kernel times): ``step()``
+    runs once; ``per_step()`` reads the profile back: per run, (ms per node kind, wall ms of the run)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, threads: int, tmp: str) -> None:
+        import onnxruntime as ort
+
+        path = os.path.join(tmp, "m.onnx")
+        export_onnx(fuse(model), path, x.shape[-1])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.enable_profiling = threads, True
+        opts.profile_file_prefix = os.path.join(tmp, "ort")
+        # Spinning off: its threads would otherwise take the cores from our forward right after (same process).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.feed = {self.session.get_inputs()[0].name: x.numpy()}
+
+    def step(self) -> None:
+        self.session.run(None, self.feed)
+
+    def per_step(self) -> list[tuple[dict[str, float], float]]:
+        events = json.loads(Path(self.session.end_profiling()).read_text())
+        runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+        nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        out = []
+        for run in runs:
+            spent: dict[str, float] = defaultdict(float)
+            for e in nodes:
+                if not run["ts"] <= e["ts"] <= run["ts"] + run["dur"]:
+                    continue
+                op, shapes = e["args"]["op_name"], e["args"].get("input_type_shape", [])
+                if op in ("Conv", "FusedConv") and len(shapes) > 1:
+                    x_shape, w = next(iter(shapes[0].values())), next(iter(shapes[1].values()))
+                    kind = _kind(w[1], w[0], w[2] * w[3], x_shape[1])
+                else:
+                    kind = f"other: {op}"
+                spent[kind] += e["dur"] / 1e3
+            out.append((dict(spent), run["dur"] / 1e3))
+        return out
+
+
+def _medians(steps: list[tuple[dict[str, float], float]]) -> tuple[dict[str, float], float]:
+    kinds = {k for spent, _ in steps for k in spent}
+    return ({k: statistics.median(spent.get(k, 0.0) for spent, _ in steps) for k in kinds},
+            statistics.median(wall for _, wall in steps))
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    print(f"where the time goes: {args.input}x{args.input}, {torch.get_num_threads()} thread(s); ours and ONNX "
+          f"Runtime (profiler on, spinning off) alternated forward by forward in one process, {args.repeats} each "
+          "after 3 warm-up; medians per forward. Ours: a timer around each conv module (Python + oneDNN call); "
+          "ORT: its per-node kernel times, and its run's wall time\n")
+    for name in args.models:
+        model = archlab.create_model(name).eval()
+        trained_like_norms(model)
+        for batch in args.batches:
+            x = torch.randn(batch, 3, args.input, args.input)
+            with tempfile.TemporaryDirectory() as tmp:
+                ours, theirs = OursProfiled(model, x), OrtProfiled(model, x, torch.get_num_threads(), tmp)
+                steps = []
+                for i in range(args.repeats + 3):
+                    step = ours.step()
+                    theirs.step()
+                    if i >= 3:
+                        steps.append(step)
+                ort_ = _medians(theirs.per_step()[3:])
+            ours_ = _medians(steps)
+            print(f"| {name} batch {batch} | ours ms | ONNX Runtime ms | ours / ORT |\n|---|---:|---:|---:|")
+            for kind in sorted(set(ours_[0]) | {k for k in ort_[0] if not k.startswith("other")}):
+                o, r = ours_[0].get(kind, 0.0), ort_[0].get(kind, 0.0)
+                print(f"| {kind} convs | {o:.2f} | {r:.2f} | {o / r if r else float('nan'):.2f} |")
+            others = {k[7:]: v for k, v in ort_[0].items() if k.startswith("other")}
+            print(f"| everything else (ours: wall minus conv modules; ORT: {', '.join(sorted(others))}) | "
+                  f"{ours_[1] - sum(ours_[0].values()):.2f} | {sum(others.values()):.2f} | |")
+            print(f"| ORT's own overhead (run wall minus its kernels) | | {ort_[1] - sum(ort_[0].values()):.2f} | |")
+            print(f"| **forward, wall** | **{ours_[1]:.2f}** | **{ort_[1]:.2f}** | **{ours_[1] / ort_[1]:.2f}** |\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ the comparison
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[8, 1])
+    p.add_argument("--input", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="alternated blocks per runtime")
+    p.add_argument("--no-bf16", action="store_true", help="fp32 rows only")
+    p.add_argument("--same-process", action="store_true", help="all runtimes in this process (tests)")
+    p.add_argument("--gemm-size", type=int, default=2048)
+    p.add_argument("--profile", action="store_true", help="per-layer-kind profile of ours and ONNX Runtime instead")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/runtimes.md"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.profile:
+        return run_profile(args)
+    bf16 = not args.no_bf16 and native_bf16()
+    pairs: list[tuple] = check_runtimes(["fused", "onnxruntime", "openvino"], ["fp32", "bf16"] if bf16 else ["fp32"])
+    if not args.same_process:  # ours again with OpenMP's threads sleeping at barriers instead of spinning
+        pairs.append(("fused", "fp32", PASSIVE))
+        if bf16:
+            pairs.append(("fused", "bf16", PASSIVE))
+    load_start = os.getloadavg()
+    gemm = {"fp32": [], "bf16": []}
+    onednn = {"fp32": [], "bf16": []}
+    bandwidth: list[float] = []
+    results: dict[tuple[str, int], dict[tuple[str, str], dict]] = {}
+    macs: dict[str, int] = {}
+    layers: dict[tuple[str, int], list[dict]] = {}
+    timing = ""
+    for name in args.models:
+        macs[name] = profile(name, args.input, batch_size=1, training_memory=False).macs
+        model = archlab.create_model(name).eval()
+        for batch in args.batches:
+            layers[(name, batch)] = conv_layers(model, batch, args.input)
+            # The machine's rates, measured again before each row: the load on a shared machine drifts.
+            for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if bf16 else 1]:
+                gemm[p].append(gemm_rate(dtype, args.gemm_size))
+                onednn[p].append(onednn_gemm_rate(dtype, side=max(8, args.gemm_size // 32)))
+            bandwidth.append(copy_bandwidth())
+            print(f"{name} batch {batch} ...", file=sys.stderr, flush=True)
+            run = bench_runtimes(name, pairs, batch, args.input, repeats=args.repeats, warmup=args.warmup,
+                                 threads=args.threads, isolate=not args.same_process, rounds=args.rounds,
+                                 weights=trained_like_norms)
+            results[(name, batch)] = {(r["runtime"], r["precision"]) + (("passive",) if r["env"] else ()): r
+                                      for r in run.rows}
+            timing = run.timing
+    # The roof: the best GEMM rate seen, torch.mm's or oneDNN's (what the cores can do when not shared).
+    rate = {k: max(v + onednn[k]) for k, v in gemm.items() if v}
+    bw = max(bandwidth)
+    lines = report_header(args, argv, timing, gemm, onednn, bandwidth, load_start, bf16)
+    for batch in args.batches:
+        lines += speed_table(args.models, batch, results, bf16)
+        lines += flops_table(args.models, batch, results, macs, layers, rate, bw, bf16)
+    write_report(lines, args.out)
+    return 0
+
+
+def report_header(args, argv, timing, gemm, onednn, bandwidth, load_start, bf16) -> list[str]:
+    cmd = "python benchmarks/runtimes.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    import onnxruntime
+    import openvino
+
+    def span(values: list[float], scale: float) -> str:
+        return f"{max(values) / scale:.0f} (range {min(values) / scale:.0f}-{max(values) / scale:.0f})"
+    lines = [f"## run: runtimes ({datetime.now():%Y-%m-%d %H:%M})", "", f"    {cmd}", "",
+             f"CPU `{cpu_name()}`, {args.threads} thread(s), native bf16: "
+             f"{native_bf16()}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino "
+             f"{openvino.get_version().split('-')[0]}; {args.input}x{args.input}, random weights (the same in every "
+             f"runtime; BatchNorm statistics drawn at random so activations keep their scale). Timed: {timing}. Load average (1 min) at the start {load_start[0]:.1f}, at the end "
+             f"{os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores: the machine was shared; ratios come from one "
+             "run, runtimes alternated block by block.", "",
+             f"Machine rates measured in this run, best (range) over {len(gemm['fp32'])} measurements: fp32 "
+             f"`torch.mm` {args.gemm_size}^3 {span(gemm['fp32'], 1e9)} GFLOP/s"
+             + (f", bf16 {span(gemm['bf16'], 1e9)} GFLOP/s" if gemm["bf16"] else "")
+             + f"; the same GEMM in oneDNN (a 1x1 conv, 1024 channels, prepacked): fp32 {span(onednn['fp32'], 1e9)}"
+             + (f", bf16 {span(onednn['bf16'], 1e9)}" if onednn["bf16"] else "")
+             + f" GFLOP/s; copy bandwidth {span(bandwidth, 1e9)} GB/s. Shares below are of the best GEMM rate of "
+             "each precision, whichever library reached it.", ""]
+    return lines
+
+
+def speed_table(models, batch, results, bf16) -> list[str]:
+    passive = any(("fused", "fp32", "passive") in results[(m, batch)] for m in models)
+    head = ["model", "ours fp32 ms", "ORT ms", "OpenVINO ms", "**ours / ORT**", "ours / OpenVINO"]
+    if passive:
+        head += ["ours fp32, OMP passive ms", "**ours passive / ORT**"]
+        if bf16:
+            head += ["ours bf16, OMP passive ms", "passive: ours bf16 / fp32"]
+    if bf16:
+        head += ["ours bf16 ms", "OpenVINO bf16 ms", "ours bf16 / fp32", "ours bf16 / OpenVINO bf16"]
+    head += ["max abs diff from fp32 eager: ours, ORT, OV, ours bf16, OV bf16 (logits up to)"]
+    lines = [f"### batch {batch}: median ms per batch, speed ratios", "", "| " + " | ".join(head) + " |",
+             "|---|" + "---:|" * (len(head) - 2) + "---|"]
+    ratios = defaultdict(list)
+    for name in models:
+        r = results[(name, batch)]
+        ours, ort_, ov = r[("fused", "fp32")], r[("onnxruntime", "fp32")], r[("openvino", "fp32")]
+        row = [name, f"{ours['median_ms']:.1f}", f"{ort_['median_ms']:.1f}", f"{ov['median_ms']:.1f}"]
+        pairs = [("vs ORT", ort_["median_ms"] / ours["median_ms"]), ("vs OV", ov["median_ms"] / ours["median_ms"])]
+        if bf16:
+            ob, vb = r[("fused", "bf16")], r[("openvino", "bf16")]
+            pairs += [("bf16 gain", ours["median_ms"] / ob["median_ms"]), ("bf16 vs OV", vb["median_ms"] / ob["median_ms"])]
+        for key, v in pairs:
+            ratios[key].append(v)
+        cells = row + [f"{pairs[0][1]:.2f}", f"{pairs[1][1]:.2f}"]
+        if passive:
+            op = r[("fused", "fp32", "passive")]
+            ratios["passive vs ORT"].append(ort_["median_ms"] / op["median_ms"])
+            cells += [f"{op['median_ms']:.1f}", f"{ratios['passive vs ORT'][-1]:.2f}"]
+            if bf16:
+                opb = r[("fused", "bf16", "passive")]
+                ratios["passive bf16 gain"].append(op["median_ms"] / opb["median_ms"])
+                cells += [f"{opb['median_ms']:.1f}", f"{ratios['passive bf16 gain'][-1]:.2f}"]
+        if bf16:
+            cells += [f"{ob['median_ms']:.1f}", f"{vb['median_ms']:.1f}", f"{pairs[2][1]:.2f}", f"{pairs[3][1]:.2f}"]
+        diffs = [ours, ort_, ov] + ([ob, vb] if bf16 else [])
+        cells.append(", ".join(f"{d['max_abs_diff']:.1e}{'' if d['agrees'] else ' DIFFER'}" for d in diffs)
+                     + f" ({ours['output_scale']:.1e})")
+        lines.append("| " + " | ".join(cells) + " |")
+    geo = ["**geometric mean**", "", "", "", f"**{geometric_mean(ratios['vs ORT']):.2f}**",
+           f"{geometric_mean(ratios['vs OV']):.2f}"]
+    if passive:
+        geo += ["", f"**{geometric_mean(ratios['passive vs ORT']):.2f}**"]
+        if bf16:
+            geo += ["", f"{geometric_mean(ratios['passive bf16 gain']):.2f}"]
+    if bf16:
+        geo += ["", "", f"{geometric_mean(ratios['bf16 gain']):.2f}", f"{geometric_mean(ratios['bf16 vs OV']):.2f}"]
+    lines += ["| " + " | ".join(geo + [""]) + " |", ""]
+    return lines
+
+
+def flops_table(models, batch, results, macs, layers, rate, bw, bf16) -> list[str]:
+    precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+    passive = any(("fused", "fp32", "passive") in results[(m, batch)] for m in models)
+    lines = [f"### batch {batch}: achieved GFLOP/s (2 x MACs x images/s) and share of the `torch.mm` rate; "
+             "roofline bound", "",
+             "| model | GMACs/image | " + " | ".join(f"{rt} {p}" for p in precisions
+                                                   for rt in ("ours", "ours passive", "ORT", "OV")
+                                                   if not (rt == "ORT" and p == "bf16")
+                                                   and (rt != "ours passive" or passive))
+             + " | roofline bound fp32 ms (memory-bound share) | ours fp32 / bound |",
+             "|---|---:|" + "---:|" * ((4 if passive else 3) * len(precisions) - (1 if bf16 else 0)) + "---:|---:|"]
+    for name in models:
+        r = results[(name, batch)]
+        cells = [name, f"{macs[name] / 1e9:.2f}"]
+        for p in precisions:
+            for key in ((("fused", p), ("fused", p, "passive"), ("onnxruntime", p), ("openvino", p))):
+                if key not in r:
+                    continue
+                achieved = 2 * macs[name] * r[key]["images_per_s"]
+                cells.append(f"{achieved / 1e9:.0f} ({achieved / rate[p]:.0%})")
+        bound, memory_share = roofline(layers[(name, batch)], rate["fp32"], bw, 4)
+        cells += [f"{bound * 1e3:.1f} ({memory_share:.0%})", f"{r[('fused', 'fp32')]['median_ms'] / (bound * 1e3):.1f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
