@@ -3,7 +3,7 @@ recorded: the quick budget on digits must finish in at most 10 minutes on a 2-co
 speed study in at most 3.
 
     python benchmarks/studies.py                       # quick budget on digits, 2 workers
-    python benchmarks/studies.py --data fashion-mnist --data-fraction 0.1 --epochs 5 --tag fashion-mnist-hour
+    python benchmarks/studies.py --data fashion-mnist --data-fraction 0.1 --epochs-scale 0.2 --tag fashion-mnist
 
 Each study runs in a fresh folder under --keep (default: a temporary folder), through `python -m archlab study`,
 so its time includes start-up, data loading, every trial and the report. The record (Markdown and JSON) goes to
@@ -29,10 +29,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LIMITS = {"train": 600.0, "speed": 180.0}  # seconds, on a 2-core CPU, quick budget on digits
 
 
+def study_epochs(name: str, args: argparse.Namespace) -> int | None:
+    """--epochs, or the study's own epochs at this budget times --epochs-scale (at least 1)."""
+    if args.epochs or not args.epochs_scale:
+        return args.epochs
+    from archlab.studies import get_study
+
+    study = get_study(name)
+    epochs = study.budgets.get(args.budget, {}).get("epochs")
+    return None if epochs is None else max(1, round(epochs * args.epochs_scale))
+
+
 def run_study(name: str, args: argparse.Namespace, folder: Path) -> dict:
     cmd = [sys.executable, "-m", "archlab", "study", name, "--data", args.data, "--out", str(folder / name),
            "--workers", str(args.workers), "--json"]
-    for flag, value in (("--data-fraction", args.data_fraction), ("--epochs", args.epochs),
+    for flag, value in (("--data-fraction", args.data_fraction), ("--epochs", study_epochs(name, args)),
                         ("--budget", args.budget), ("--seeds", args.seeds)):
         if value is not None:
             cmd += [flag, str(value)]
@@ -60,8 +71,10 @@ def markdown(records: list[dict], args: argparse.Namespace, load: tuple[tuple, t
              + (f" (data fraction {args.data_fraction})" if args.data_fraction else ""), "",
              f"{time.strftime('%Y-%m-%d %H:%M')}; {platform.processor() or platform.machine()}, {os.cpu_count()} "
              f"CPUs, Python {platform.python_version()}; `--workers {args.workers}`"
-             + (f", `--epochs {args.epochs}`" if args.epochs else "") + "; load average (1/5/15 min) "
-             f"{'/'.join(f'{v:.1f}' for v in load[0])} before, {'/'.join(f'{v:.1f}' for v in load[1])} after.",
+             + (f", `--epochs {args.epochs}`" if args.epochs else "")
+             + (f", each study's epochs x {args.epochs_scale}" if args.epochs_scale else "")
+             + f"; load average (1/5/15 min) {'/'.join(f'{v:.1f}' for v in load[0])} before, "
+             f"{'/'.join(f'{v:.1f}' for v in load[1])} after.",
              "", args.note or "", "",
              "| study | wall time | limit | verdict | orderings (holds / contradicted / inconclusive) |",
              "|---|---:|---:|---|---|"]
@@ -106,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="digits")
     p.add_argument("--budget", default="quick")
     p.add_argument("--data-fraction", type=float)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="every study's epochs")
+    p.add_argument("--epochs-scale", type=float, help="each study's own epochs times this (rounded, at least 1)")
     p.add_argument("--seeds", type=int)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--studies", help="comma-separated names (default: all built-in)")

@@ -95,7 +95,7 @@ def _load(target: str) -> tuple[Any, dict[str, Any]]:
 
 def _run(args: argparse.Namespace) -> int:
     from archlab.studies import Settings, StudyRun
-    from archlab.studies.engine import data_name
+    from archlab.studies.plan import data_name
     from archlab.studies.report import write_report
     from archlab.studies.results import arm_costs, collect
 

@@ -5,7 +5,8 @@ A study is a table (:class:`Study`, :mod:`archlab.studies.tables`); one engine r
 :mod:`archlab.studies.report` writes them.
 """
 
-from archlab.studies.engine import Settings, StudyRun
+from archlab.studies.engine import StudyRun
+from archlab.studies.plan import Settings
 from archlab.studies.study import Arm, Expect, Source, Study, StudyError
 from archlab.studies.tables import STUDIES, get_study, list_studies
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from archlab.studies.engine import trial_key
+from archlab.studies.plan import trial_key
 from archlab.studies.stats import METHOD_SPEED, METHOD_TRAIN, mean_std, overall, paired_log_ratio, welch
 from archlab.studies.study import METRICS, StudyError
 

@@ -22,7 +22,7 @@ from archlab.studies.study import Arm, Expect, Source, Study, StudyError
 # flips (archlab's CIFAR augmentation). For the 110-layer nets the paper warms up at lr 0.01 for ~400 iterations;
 # here every net warms up linearly over the first epoch.
 RESNET_CIFAR = dict(epochs=164, batch_size=128, lr=0.1, sched="step", weight_decay=1e-4, momentum=0.9,
-                    warmup_epochs=1.0, label_smoothing=0.0, input_size={"digits": 32, "*": 32})
+                    warmup_epochs=1.0, label_smoothing=0.0, input_size={"digits": 32, "fashion-mnist": 28, "*": 32})
 # ResNeXt's CIFAR recipe (Xie et al. 2016, arXiv:1611.05431, Sec. 5.3): 300 epochs, lr 0.1 divided by 10 at 50%
 # and 75%, weight decay 5e-4, batch 128.
 RESNEXT_CIFAR = {**RESNET_CIFAR, "epochs": 300, "weight_decay": 5e-4}
@@ -30,12 +30,16 @@ RESNEXT_CIFAR = {**RESNET_CIFAR, "epochs": 300, "weight_decay": 5e-4}
 
 def quick(epochs: int, input_size: dict[str, int], **extra: object) -> dict[str, object]:
     """The quick budget: a short cosine schedule with one warm-up epoch, no label smoothing (the training error
-    the degradation study reads is then the plain error rate)."""
-    return dict(epochs=epochs, batch_size=128, lr=0.1, sched="cosine", weight_decay=5e-4, warmup_epochs=1.0,
+    the degradation study reads is then the plain error rate). Batch 32 at lr 0.025 (ResNet's 0.1 per 128 images,
+    scaled linearly: Goyal et al. 2017, arXiv:1706.02677): digits' 1,437 training images give 45 steps an epoch.
+    At batch 128 (11 steps an epoch) the 29- to 62-layer arms had not trained (60-75% training error) when the
+    budget ran out; benchmarks/results/studies-digits-quick-batch128.md keeps that run."""
+    return dict(epochs=epochs, batch_size=32, lr=0.025, sched="cosine", weight_decay=5e-4, warmup_epochs=1.0,
                 label_smoothing=0.0, input_size=input_size, **extra)
 
 
-SMALL = {"digits": 8, "fashion-mnist": 28, "*": 32}  # the data's own size (CIFAR-size for folders)
+# The CIFAR ResNets' input at the quick budget: digits' own 8x8, Fashion-MNIST halved to 14x14, CIFAR's 32x32.
+SMALL = {"digits": 8, "fashion-mnist": 14, "*": 32}
 MOBILE = {"digits": 32, "fashion-mnist": 32, "*": 32}  # five stride-2 stages need a 32x32 input to keep a map
 BASE16 = {"*": 16}  # the compound-scaling base, so that resolution has room to scale in whole pixels
 
@@ -64,7 +68,7 @@ DEGRADATION = Study(
         Expect("plain-56", "plain-110", "train_error", "degradation grows with depth"),
         Expect("ResNet-110", "ResNet-56", "val_error", "residual: deeper still is better"),
     ),
-    budgets={"quick": quick(25, SMALL), "paper": RESNET_CIFAR},
+    budgets={"quick": quick(20, SMALL), "paper": RESNET_CIFAR},
 )
 
 # ResNeXt's Table 3 templates at equal cost (ResNeXt-50: 1x64d ... 32x4d, ~4.1 GFLOPs each), here on ResNeXt-29
@@ -85,7 +89,7 @@ CARDINALITY = Study(
         Expect("32x4d", "1x64d", why="the largest cardinality beats the plain bottleneck"),
         Expect("2x40d", "1x64d", why="the first step of cardinality, the paper's largest gain (0.9%)"),
     ),
-    budgets={"quick": quick(10, SMALL), "paper": RESNEXT_CIFAR},
+    budgets={"quick": quick(8, SMALL), "paper": RESNEXT_CIFAR},
     notes="The arms are ResNeXt-29 at half width at both budgets; the paper budget changes the recipe only.",
 )
 
@@ -108,7 +112,7 @@ SQUEEZE_EXCITATION = Study(
         Expect("SE-ResNet-20", "ResNet-20", why="SE helps"),
         Expect("SE-ResNet-110", "ResNet-110", why="SE helps (the paper's CIFAR-10 pair)"),
     ),
-    budgets={"quick": quick(25, SMALL), "paper": RESNET_CIFAR},
+    budgets={"quick": quick(20, SMALL), "paper": RESNET_CIFAR},
     notes="SE with r = 16 on every residual branch before the addition; C/16 squeezed channels (1 in the "
           "16-channel stage). The paper budget is ResNet's CIFAR recipe.",
 )
@@ -128,7 +132,7 @@ DEPTHWISE_SEPARABLE = Study(
     ),
     expect=(Expect("full 3x3 conv", "depthwise-separable",
                    why="the full convolutions are (a little) more accurate, for ~8x the multiply-adds"),),
-    budgets={"quick": quick(20, MOBILE), "paper": RESNET_CIFAR},
+    budgets={"quick": quick(15, MOBILE), "paper": RESNET_CIFAR},
     notes="Both arms at width 0.5 (the paper's figures are at width 1.0). The paper trains on ImageNet with "
           "RMSprop; the paper budget here is ResNet's CIFAR recipe.",
 )
@@ -189,7 +193,7 @@ COMPOUND_SCALING = Study(
     ),
     expect=tuple(Expect(f"compound {f}", f"{dim} {f}", why=f"compound beats {dim} alone at ~{f} the cost")
                  for f in ("2x", "4x") for dim in ("depth", "width", "resolution")),
-    budgets={"quick": quick(8, BASE16), "paper": {**RESNET_CIFAR, "input_size": {"*": 16}}},
+    budgets={"quick": quick(5, BASE16), "paper": {**RESNET_CIFAR, "input_size": {"*": 16}}},
     notes="The base is ResNet-32 at 16x16 (digits upsampled from 8x8: a higher resolution adds interpolated "
           "pixels only); the published figures are EfficientNet's ResNet-50 at ~4x, whose arms run at the paper "
           "budget only.",

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from archlab.studies.engine import slug
+from archlab.studies.plan import slug
 
 if TYPE_CHECKING:
-    from archlab.studies.engine import StudyRun, TrialPlan
+    from archlab.studies.engine import StudyRun
+    from archlab.studies.plan import TrialPlan
 
 # Fields a resumed trial may differ in from its checkpoint: they change neither the maths nor the data order.
 RESUMABLE = ("run_dir", "workers", "device", "data", "grad_checkpointing")

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from archlab.studies.engine import Settings, StudyRun
+from archlab.studies.engine import StudyRun
+from archlab.studies.plan import Settings
 from archlab.studies.study import Study
 
 
