@@ -365,3 +365,95 @@ def plot_speed_study(tables: Sequence[dict[str, Any]], title: str, path: Path) -
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- architecture search
+# `archlab search` (archlab.search.report): the compound-scaling search's two steps, the latency-aware search's Pareto
+# front, and the design-space error EDFs. Each takes the plain dicts of archlab.search's results.
+
+
+def plot_compound_search(r: dict[str, Any], path: Path) -> Path:
+    """Left: step 1, every network's validation accuracy (mean, seeds' standard deviation as error bars) against its
+    multiply-adds, the best and the paper's point marked. Right: step 2, accuracy against multiply-adds as phi grows,
+    one line for the found coefficients and one for the paper's."""
+    plt = _study_pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
+    rows = [x for x in r["step1"] if x.get("acc_mean") is not None and x.get("macs")]
+    for x in rows:
+        colour = "C3" if x.get("paper") else ("C2" if x.get("rank") == 1 else "C0")
+        left.errorbar(x["macs"] / 1e6, x["acc_mean"], yerr=x.get("acc_std") or 0.0, fmt="o", ms=4, capsize=2,
+                      color=colour, alpha=0.9 if colour != "C0" else 0.5)
+        if colour != "C0":
+            who = "paper" if x.get("paper") else "best"
+            left.annotate(f"{who} ({x['alpha']:g}, {x['beta']:g}, {x['gamma']:g})", (x["macs"] / 1e6, x["acc_mean"]),
+                          xytext=(6, 4), textcoords="offset points", fontsize=8, color=colour)
+    left.set(xlabel="multiply-adds (M) at phi = 1", ylabel="validation accuracy (%)",
+             title=f"step 1: {len(rows)} networks, alpha*beta^2*gamma^2 within {r['tolerance']:g} of 2")
+    left.grid(alpha=0.3)
+    for i, who in enumerate(("found", "paper")):
+        line = sorted((x for x in r["step2"]["rows"] if x["coefficients"] in (who, "base") and x.get("macs")
+                       and x.get("acc_mean") is not None), key=lambda x: x["phi"])
+        if len(line) < 2 and not any(x["coefficients"] == who for x in line):
+            continue
+        c = line[-1] if line[-1]["coefficients"] == who else None
+        name = f"{who}" + (f" ({c['alpha']:g}, {c['beta']:g}, {c['gamma']:g})" if c else "")
+        right.errorbar([x["macs"] / 1e6 for x in line], [x["acc_mean"] for x in line],
+                       yerr=[x.get("acc_std") or 0.0 for x in line], fmt="-o", capsize=3, color=("C2", "C3")[i],
+                       label=name)
+        for x in line:
+            if x["phi"] or not i:  # the base (phi = 0) is on both lines: named once
+                right.annotate(f"phi={x['phi']}", (x["macs"] / 1e6, x["acc_mean"]), xytext=(4, -10),
+                               textcoords="offset points", fontsize=7)
+    right.set(xlabel="multiply-adds (M, log scale)", ylabel="validation accuracy (%)",
+              title="step 2: scaled by phi = 0..3")
+    right.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    right.xaxis.set_major_formatter(ScalarFormatter())
+    right.grid(True, which="both", alpha=0.3)
+    if right.lines:
+        right.legend(fontsize=8)
+    fig.suptitle(f"compound-scaling search on {r['data']} (base {r['base']}, {r['budget']} budget)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto_search(r: dict[str, Any], path: Path) -> Path:
+    """Every candidate's validation accuracy against its cost (latency with its quartiles as horizontal bars, or
+    multiply-adds), the Pareto front joined as a staircase, the anchor's latency (and the reward's target) marked."""
+    plt = _study_pyplot()
+    key = r["cost_key"]
+    scale, label = (1.0, "latency at batch 1 (ms, this CPU)") if key == "latency_ms" else (1e-6, "multiply-adds (M)")
+    fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=110)
+    rows = [x for x in r["candidates"] if x.get(key) is not None and x.get("acc_mean") is not None]
+    for x in rows:
+        colour = "C3" if x["pareto"] else "C0"
+        xerr = None
+        if key == "latency_ms":
+            xerr = [[x["latency_ms"] - x["latency_q1_ms"]], [x["latency_q3_ms"] - x["latency_ms"]]]
+        ax.errorbar(x[key] * scale, x["acc_mean"], xerr=xerr, fmt="o", ms=5 if x["pareto"] else 4, capsize=2,
+                    color=colour, alpha=1.0 if x["pareto"] else 0.45)
+    front = sorted((x for x in rows if x["pareto"]), key=lambda x: x[key])
+    if front:
+        ax.step([x[key] * scale for x in front], [x["acc_mean"] for x in front], where="post", color="C3", lw=1,
+                label=f"Pareto front ({len(front)})")
+        for x in front:
+            ax.annotate(x["label"], (x[key] * scale, x["acc_mean"]), xytext=(5, -10), textcoords="offset points",
+                        fontsize=7, color="C3")
+    anchor = r.get("anchor") or {}
+    if key == "latency_ms" and anchor.get("median_ms"):
+        ax.axvline(anchor["median_ms"], color="grey", ls=":", lw=1, label=f"anchor {anchor['spec'].split(':')[0]} "
+                   f"({anchor['median_ms']:.2f} ms)")
+    target = (r.get("options") or {}).get("target_ms")
+    if target:
+        ax.axvline(target, color="C2", ls="--", lw=1, label=f"target T = {target:g} ms")
+    ax.set(xlabel=label, ylabel="validation accuracy (%)",
+           title=f"{r['options']['sampler']} search, {len(rows)} candidates on {r['data']} ({r['budget']} budget)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

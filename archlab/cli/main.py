@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "time models (speed, memory), optionally against torchvision/timm in the same run"),
     "export": ("export", "export to ONNX or a torch.export program, checked by running the file"),
     "study": ("study", "test a design claim (degradation, cardinality, SE ...) on this machine and data"),
+    "search": ("search", "architecture search: compound-scaling coefficients, latency-aware designs, design spaces"),
 }
 
 

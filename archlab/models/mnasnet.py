@@ -13,6 +13,13 @@ than 10% down. BatchNorm momentum is 0.0003, the TensorFlow decay 0.9997 in PyTo
 
 Layer names follow torchvision (``layers.0`` ... ``layers.16`` flat, ``layers.N.M.layers.K`` inside a stage,
 ``classifier.1``) so its checkpoints load unchanged.
+
+The paper's search space is open to specs (``archlab search mnas``): ``stages`` gives each of the six stages its own
+kernel, expansion, repeats and squeeze-excitation, one ``k{kernel}e{expand}r{repeats}[se]`` per stage joined by
+``-`` (strides and widths stay B1's; :func:`parse_stages`), e.g.
+``mnasnet1_0:stages=k3e3r3-k5e3r3se-k5e6r3-k3e6r2-k5e6r4se-k3e6r1`` (B1's own table with SE in two stages). SE is
+MnasNet-A1's: after the depthwise conv, squeezing to a quarter of the block's input width, ReLU, sigmoid gate.
+``bn_momentum`` (default torchvision's 0.0003) lets a short proxy training keep usable BatchNorm statistics.
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath, init_weights, make_divisible, residual_add
+import re
+
+from archlab.layers import ConvNormAct, DropPath, SqueezeExcite, init_weights, make_divisible, residual_add
 from archlab.models.base import ArchNet, linear_or_identity
 from archlab.registry import ModelCard, register
 
-BN_ARGS = dict(bn_momentum=1 - 0.9997)  # TF's moving-average decay 0.9997 (torchvision writes it the same way)
+BN_MOMENTUM = 1 - 0.9997  # TF's moving-average decay 0.9997 (torchvision writes it the same way)
+SE_RATIO = 0.25  # MnasNet-A1's squeeze width: a quarter of the block's input width
 
 
 class MnasStage(NamedTuple):
@@ -37,6 +47,7 @@ class MnasStage(NamedTuple):
     stride: int
     channels: int
     layers: int
+    se: bool = False  # MnasNet-A1's squeeze-excitation; B1 has none
 
 
 STEM_CHANNELS = 32  # 3x3 conv, stride 2
@@ -51,19 +62,50 @@ MNASNET_B1: list[MnasStage] = [
     MnasStage(6, 3, 1, 320, 1),
 ]
 HEAD_CHANNELS = 1280  # never scaled
+KERNELS = (3, 5, 7)
+_STAGE = re.compile(r"k(\d+)e(\d+)r(\d+)(se)?")
+
+
+def parse_stages(text: str) -> list[MnasStage]:
+    """Six ``k{kernel}e{expand}r{repeats}[se]`` joined by ``-`` as B1's stages with those choices (B1's strides and
+    widths); anything else is a ValueError naming the stage."""
+    parts = text.split("-") if isinstance(text, str) else []
+    if len(parts) != len(MNASNET_B1):
+        raise ValueError(f"stages takes {len(MNASNET_B1)} stages k{{kernel}}e{{expand}}r{{repeats}}[se] joined by '-', "
+                         f"e.g. k3e3r3-k5e3r3se-k5e6r3-k3e6r2-k5e6r4-k3e6r1; got {text!r}")
+    stages = []
+    for i, (part, b1) in enumerate(zip(parts, MNASNET_B1), start=1):
+        m = _STAGE.fullmatch(part)
+        if not m:
+            raise ValueError(f"stages: stage {i} {part!r} is not k{{kernel}}e{{expand}}r{{repeats}}[se] (e.g. k5e6r3se)")
+        kernel, expand, repeats = int(m[1]), int(m[2]), int(m[3])
+        if kernel not in KERNELS or expand < 1 or repeats < 1:
+            raise ValueError(f"stages: stage {i} {part!r}: kernel must be one of {', '.join(map(str, KERNELS))}, "
+                             "expansion and repeats >= 1")
+        stages.append(b1._replace(kernel=kernel, expand=expand, layers=repeats, se=bool(m[4])))
+    return stages
+
+
+def stages_text(stages: list[MnasStage]) -> str:
+    """The ``stages`` spec value of a stage table (the inverse of :func:`parse_stages`)."""
+    return "-".join(f"k{s.kernel}e{s.expand}r{s.layers}{'se' if s.se else ''}" for s in stages)
 
 
 class InvertedResidual(nn.Module):
     """1x1 expand-BN-ReLU, kxk depthwise-BN-ReLU, 1x1 linear projection-BN (+ residual where the shape allows),
     flat in ``layers`` as torchvision's keys need (``layers.0`` ... ``layers.7``)."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, expand: int, drop_path: float) -> None:
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, expand: int, drop_path: float,
+                 se: bool = False, bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
         hidden = in_chs * expand
+        norm = dict(bn_momentum=bn_momentum)
+        squeeze = [SqueezeExcite(hidden, max(1, int(in_chs * SE_RATIO)), act="relu")] if se else []
         self.layers = nn.Sequential(
-            *ConvNormAct(in_chs, hidden, 1, **BN_ARGS),
-            *ConvNormAct(hidden, hidden, kernel, stride, groups=hidden, **BN_ARGS),
-            *ConvNormAct(hidden, out_chs, 1, act=None, **BN_ARGS),
+            *ConvNormAct(in_chs, hidden, 1, **norm),
+            *ConvNormAct(hidden, hidden, kernel, stride, groups=hidden, **norm),
+            *squeeze,
+            *ConvNormAct(hidden, out_chs, 1, act=None, **norm),
         )
         self.use_residual = stride == 1 and in_chs == out_chs
         self.drop_path = DropPath(drop_path if self.use_residual else 0.0)
@@ -85,10 +127,14 @@ class MNASNet(ArchNet):
         in_chans: int = 3,
         drop_rate: float = 0.2,
         drop_path_rate: float = 0.0,
+        bn_momentum: float = BN_MOMENTUM,
     ) -> None:
         super().__init__()
         if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not width_mult > 0:
             raise ValueError(f"width_mult must be a number > 0, got {width_mult!r}")
+        if not 0.0 < bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum!r}")
+        norm = dict(bn_momentum=bn_momentum)
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
@@ -98,9 +144,9 @@ class MNASNet(ArchNet):
 
         stem, chs = width(STEM_CHANNELS), width(SEPARABLE_CHANNELS)
         layers: list[nn.Module] = [
-            *ConvNormAct(in_chans, stem, 3, 2, **BN_ARGS),
-            *ConvNormAct(stem, stem, 3, groups=stem, **BN_ARGS),
-            *ConvNormAct(stem, chs, 1, act=None, **BN_ARGS),
+            *ConvNormAct(in_chans, stem, 3, 2, **norm),
+            *ConvNormAct(stem, stem, 3, groups=stem, **norm),
+            *ConvNormAct(stem, chs, 1, act=None, **norm),
         ]
         reduction = 2
         self.feature_info = []
@@ -116,10 +162,10 @@ class MNASNet(ArchNet):
                 rate = drop_path_rate * index / total
                 out_chs = width(stage.channels)
                 blocks.append(InvertedResidual(chs, out_chs, stage.kernel, stage.stride if i == 0 else 1,
-                                               stage.expand, rate))
+                                               stage.expand, rate, stage.se, bn_momentum))
                 chs, index = out_chs, index + 1
             layers.append(nn.Sequential(*blocks))
-        layers += [*ConvNormAct(chs, HEAD_CHANNELS, 1, **BN_ARGS)]
+        layers += [*ConvNormAct(chs, HEAD_CHANNELS, 1, **norm)]
         self.feature_info.append(dict(module=f"layers.{len(layers) - 1}", num_chs=HEAD_CHANNELS, reduction=reduction))
         self.layers = nn.Sequential(*layers)
         self.num_features = HEAD_CHANNELS
@@ -146,8 +192,10 @@ class MNASNet(ArchNet):
         self.num_classes = num_classes
 
 
-def mnasnet(width_mult: float = 1.0, **kwargs) -> MNASNet:
-    return MNASNet(MNASNET_B1, width_mult=width_mult, **kwargs)
+def mnasnet(width_mult: float = 1.0, stages: str | None = None, **kwargs) -> MNASNet:
+    """MnasNet-B1 at ``width_mult``, or with each stage's own kernel, expansion, repeats and SE (``stages``,
+    :func:`parse_stages`)."""
+    return MNASNet(MNASNET_B1 if stages is None else parse_stages(stages), width_mult=width_mult, **kwargs)
 
 
 # Params: the exact count of torchvision's model. Multiply-adds ("GFLOPS" _ops, which count multiply-adds), top-1
