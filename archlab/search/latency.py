@@ -45,8 +45,8 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return q1, mid, q3
 
 
-def measure(specs: Sequence[str], anchor: str, input_size: int, num_classes: int = 10, repeats: int = REPEATS,
-            warmup: int = WARMUP, threads: int = 1) -> tuple[Latency, list[Latency]]:
+def measure(specs: Sequence[str], anchor: str, input_size: int, num_classes: int = 10, repeats: int | None = None,
+            warmup: int | None = None, threads: int = 1) -> tuple[Latency, list[Latency]]:
     """(the anchor's latency, each spec's), all timed in one interleaved session on this CPU with ``threads``
     threads (one by default: batch-1 latency of a small net on a shared machine is steadiest on one)."""
     import torch
@@ -54,7 +54,8 @@ def measure(specs: Sequence[str], anchor: str, input_size: int, num_classes: int
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _measure(specs, anchor, input_size, num_classes, repeats, warmup)
+        return _measure(specs, anchor, input_size, num_classes, REPEATS if repeats is None else repeats,
+                        WARMUP if warmup is None else warmup)
     finally:
         torch.set_num_threads(previous)
 

@@ -135,9 +135,10 @@ def drive(run: StudyRun, workers: int, clock: Clock, done_before: int = 0,
     """Run the round's trials until none is left (returns None) or a bound or Ctrl-C stops it (returns why).
 
     ``done_before``: trials finished in earlier rounds of this search, counted against ``--trials``. In this
-    process (``workers == 1``) SIGINT is caught while no trial trains, so that a stop never lands inside a database
-    write; during a trial the training loop's own handler checkpoints and stops it. Worker processes are stopped
-    with SIGTERM, which their training loop treats the same way.
+    process (``workers == 1``) SIGINT and SIGTERM are caught while no trial trains, so that a stop never lands inside
+    a database write; during a trial the training loop's own handler checkpoints and stops it. At the time limit
+    the running trial gets SIGTERM (each second until it stops: the first may land before its loop listens), as do
+    worker processes, whose training loop treats it the same way.
     """
     run.enqueue_missing()
     if clock.reason(done_before + run.progress()["done"]):
@@ -145,6 +146,8 @@ def drive(run: StudyRun, workers: int, clock: Clock, done_before: int = 0,
     if workers > 1:
         return _drive_workers(run, workers, clock, done_before, on_progress)
     stop, state = threading.Event(), {"reason": None, "training": False}
+    # Signals reach the training loop only in the main thread; elsewhere a time limit waits for the trial to end.
+    can_signal = threading.current_thread() is threading.main_thread()
 
     def on_trial(event: str, key: str) -> None:
         state["training"] = event == "start"
@@ -155,21 +158,31 @@ def drive(run: StudyRun, workers: int, clock: Clock, done_before: int = 0,
                 stop.set()
 
     def watch() -> None:
-        while not stop.wait(1.0):
+        timed_out = False
+        while True:
+            if timed_out:  # until the running trial has stopped: the first signal may land before it listens
+                time.sleep(1.0)
+                if not state["training"] or not can_signal:
+                    return
+                os.kill(os.getpid(), signal.SIGTERM)
+                continue
+            if stop.wait(1.0):
+                return
             progress = run.progress()
             if on_progress:
                 on_progress(progress)
-            if clock.out_of_time() and not state["reason"]:
-                state["reason"] = clock.reason(done_before + progress["done"])
+            if clock.out_of_time():
+                state["reason"] = state["reason"] or clock.reason(done_before + progress["done"])
                 stop.set()
-                if state["training"]:
-                    os.kill(os.getpid(), signal.SIGINT)  # the training loop checkpoints and stops
+                timed_out = True
+                if state["training"] and can_signal:
+                    os.kill(os.getpid(), signal.SIGTERM)  # the training loop checkpoints and stops
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         state["reason"] = state["reason"] or "interrupted"
         stop.set()
 
-    previous = _install(signal.SIGINT, on_sigint)
+    previous = {sig: _install(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
@@ -183,9 +196,11 @@ def drive(run: StudyRun, workers: int, clock: Clock, done_before: int = 0,
             raise
         state["reason"] = state["reason"] or "interrupted"
     finally:
+        state["training"] = False
         stop.set()
         watcher.join()
-        _install(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            _install(sig, handler)
     if on_progress:
         on_progress(run.progress())
     return state["reason"]
