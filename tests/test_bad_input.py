@@ -70,7 +70,7 @@ BAD_INPUTS: dict[str, list[tuple[list[str], str]]] = {
               (["cifar_resnet20", "--data", "digits", "--resume", "{dir}/none"], "no checkpoint")],
     "study": [(["no-such-stdy"], "unknown study 'no-such-stdy'"),
               (["degradation", "--workers", "0"], "--workers: must be >= 1")],
-    "search": [(["compound", "--grid", "1.0:1.05:0.05"], "no grid point has alpha*beta^2*gamma^2 within 0.1 of 2; "
+    "search": [(["compound", "--grid", "1.0:1.05:0.05"], "no grid point has alpha*beta^2*gamma^2 within 0.08 of 2; "
                 "the nearest, alpha=1.05 beta=1.05 gamma=1.05, gives 1.2763 (0.7237 away)"),
                (["compound", "--grid", "0.9:1.4:0.05"], "alpha, beta and gamma must be >= 1"),
                (["compound", "--base", "cifar_resnet20:width_mult=abc"],

@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--grid", metavar="START:STOP:STEP", default=None,
                    help="grid of each coefficient (default 1.0:1.4:0.05), or three ranges alpha,beta,gamma")
     c.add_argument("--tolerance", type=positive_float, default=None, metavar="T",
-                   help="keep points with |alpha*beta^2*gamma^2 - 2| <= T (default 0.1, which holds the paper's "
+                   help="keep points with |alpha*beta^2*gamma^2 - 2| <= T (default 0.08, which holds the paper's "
                         "1.92)")
     c.add_argument("--phi", metavar="1,2,3", default="1,2,3", help="step 2's compound coefficients (default 1,2,3)")
     _shared(c, "compound")
