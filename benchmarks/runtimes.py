@@ -411,7 +411,7 @@ def speed_table(models, batch, results, bf16) -> list[str]:
 def flops_table(models, batch, results, macs, layers, rate, bw, bf16) -> list[str]:
     precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
     passive = any(("fused", "fp32", "passive") in results[(m, batch)] for m in models)
-    lines = [f"### batch {batch}: achieved GFLOP/s (2 x MACs x images/s) and share of the `torch.mm` rate; "
+    lines = [f"### batch {batch}: achieved GFLOP/s (2 x MACs x images/s) and share of the best GEMM rate; "
              "roofline bound", "",
              "| model | GMACs/image | " + " | ".join(f"{rt} {p}" for p in precisions
                                                    for rt in ("ours", "ours passive", "ORT", "OV")

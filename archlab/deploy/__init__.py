@@ -3,8 +3,11 @@
 - :mod:`~archlab.deploy.graph`: the model's torch.fx dataflow graph (tracing, sub-trees, module replacement).
 - :mod:`~archlab.deploy.fold`: BatchNorm folded into the conv before it (exact on every registered model).
 - :mod:`~archlab.deploy.onednn`: on CPU, each conv run with its activation / residual add as one oneDNN primitive.
-- :mod:`~archlab.deploy.form`: :func:`fuse`, the two above as one call.
-- :mod:`~archlab.deploy.export`: ONNX and torch.export (``.pt2``) files, checked by running them.
+- :mod:`~archlab.deploy.form`: :func:`fuse`, the two above as one call, in fp32 or bf16.
+- :mod:`~archlab.deploy.precision`: fp32 / bf16, and whether this CPU computes bf16 natively.
+- :mod:`~archlab.deploy.export`: ONNX, torch.export (``.pt2``) and OpenVINO IR files, checked by running them.
+- :mod:`~archlab.deploy.runtimes`: the model made ready in eager, fused, compile, ONNX Runtime or OpenVINO.
+- :mod:`~archlab.deploy.timing`: those runtimes timed side by side, each in its own process.
 """
 
 from archlab.deploy.fold import FuseSummary, fold_bn_into_conv

@@ -1,6 +1,6 @@
 """Deployment runtimes of one model, each given the same weights: PyTorch eager, archlab's inference form,
 torch.compile, ONNX Runtime and OpenVINO. :func:`prepare` turns a float32 eval model into a callable that runs it
-in one of them (``Prepared``); :func:`archlab.bench.bench_runtimes` times them side by side.
+in one of them (``Prepared``); :func:`archlab.deploy.timing.bench_runtimes` times them side by side.
 
 - ``eager``: the model as it is (NCHW), in float32 or cast to bfloat16.
 - ``fused``: :func:`archlab.deploy.fuse` (BatchNorm folded; on CPU ``onednn=True``: each conv with its activation /
@@ -15,10 +15,10 @@ in one of them (``Prepared``); :func:`archlab.bench.bench_runtimes` times them s
   so float32 is asked for explicitly).
 
 Thread pools that spin: ONNX Runtime's and OpenVINO's worker threads keep spinning for a while after each call,
-taking the cores from whatever runs next in the same process (measured on this project's machine: our form fell
-from 146 to 90 images/s when interleaved call by call with a spinning ONNX Runtime session). ``spinning=False``
+taking the cores from whatever runs next in the same process (issue #16 measured our form falling from 146 to 90
+images/s when interleaved call by call with a spinning ONNX Runtime session). ``spinning=False``
 turns ONNX Runtime's spinning off (session option ``session.intra_op.allow_spinning = 0``); OpenVINO has no such
-switch, so :func:`archlab.bench.bench_runtimes` runs each runtime in its own process by default.
+switch, so :func:`archlab.deploy.timing.bench_runtimes` runs each runtime in its own process by default.
 
 ONNX Runtime and OpenVINO come from their own packages, the ``deploy`` extra (``pip install -e ".[deploy]"``):
 without them, asking for those runtimes raises :class:`RuntimeUnavailable` (a one-line error on the command line).
