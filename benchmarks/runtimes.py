@@ -42,7 +42,7 @@ from archlab.deploy import fuse
 from archlab.deploy.export import export_onnx
 from archlab.deploy.onednn import FusedConv2d
 from archlab.deploy.precision import native_bf16
-from archlab.deploy.runtimes import check_runtimes, ort_session
+from archlab.deploy.runtimes import check_runtimes
 from archlab.deploy.timing import bench_runtimes
 
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_header(args, argv, timing, gemm, onednn, bandwidth, load_start, bf16) -> list[str]:
-    cmd = "python benchmarks/runtimes.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    cmd = "python benchmarks/runtimes.py " + " ".join(shlex.quote(a) for a in given)
     import onnxruntime
     import openvino
 
@@ -345,7 +346,8 @@ def report_header(args, argv, timing, gemm, onednn, bandwidth, load_start, bf16)
              f"CPU `{cpu_name()}`, {args.threads} thread(s), native bf16: "
              f"{native_bf16()}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino "
              f"{openvino.get_version().split('-')[0]}; {args.input}x{args.input}, random weights (the same in every "
-             f"runtime; BatchNorm statistics drawn at random so activations keep their scale). Timed: {timing}. Load average (1 min) at the start {load_start[0]:.1f}, at the end "
+             f"runtime; BatchNorm statistics drawn at random so activations keep their scale). Timed: {timing}. "
+             f"Load average (1 min) at the start {load_start[0]:.1f}, at the end "
              f"{os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores: the machine was shared; ratios come from one "
              "run, runtimes alternated block by block.", "",
              f"Machine rates measured in this run, best (range) over {len(gemm['fp32'])} measurements: fp32 "
@@ -378,7 +380,8 @@ def speed_table(models, batch, results, bf16) -> list[str]:
         pairs = [("vs ORT", ort_["median_ms"] / ours["median_ms"]), ("vs OV", ov["median_ms"] / ours["median_ms"])]
         if bf16:
             ob, vb = r[("fused", "bf16")], r[("openvino", "bf16")]
-            pairs += [("bf16 gain", ours["median_ms"] / ob["median_ms"]), ("bf16 vs OV", vb["median_ms"] / ob["median_ms"])]
+            pairs += [("bf16 gain", ours["median_ms"] / ob["median_ms"]),
+                      ("bf16 vs OV", vb["median_ms"] / ob["median_ms"])]
         for key, v in pairs:
             ratios[key].append(v)
         cells = row + [f"{pairs[0][1]:.2f}", f"{pairs[1][1]:.2f}"]
@@ -429,7 +432,8 @@ def flops_table(models, batch, results, macs, layers, rate, bw, bf16) -> list[st
                 achieved = 2 * macs[name] * r[key]["images_per_s"]
                 cells.append(f"{achieved / 1e9:.0f} ({achieved / rate[p]:.0%})")
         bound, memory_share = roofline(layers[(name, batch)], rate["fp32"], bw, 4)
-        cells += [f"{bound * 1e3:.1f} ({memory_share:.0%})", f"{r[('fused', 'fp32')]['median_ms'] / (bound * 1e3):.1f}x"]
+        over = r[("fused", "fp32")]["median_ms"] / (bound * 1e3)
+        cells += [f"{bound * 1e3:.1f} ({memory_share:.0%})", f"{over:.1f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 

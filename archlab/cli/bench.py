@@ -122,7 +122,8 @@ def _check_runtime_args(args: argparse.Namespace) -> list[tuple[str, str]] | Non
             require_bf16()
         return None
     for flag, on in (("--vs", args.vs), ("--fused", args.fused), ("--compile", args.compile),
-                     ("--channels-last", args.channels_last), ("--amp", args.amp), ("--mode train", args.mode == "train")):
+                     ("--channels-last", args.channels_last), ("--amp", args.amp),
+                     ("--mode train", args.mode == "train")):
         if on:
             raise CLIError(f"--runtime times runtimes of one model for inference; {flag} does not apply (fused and "
                            "compile are runtimes, each in its own memory format)")

@@ -4,9 +4,10 @@ each in its own process by default, in alternated blocks, with its outputs compa
 Why processes: ONNX Runtime's and OpenVINO's worker threads spin after each call (one measurement each on this
 project's machine, batch-1 MobileNetV2: in the 200 ms after a call ONNX Runtime's process used 25 ms of CPU time,
 OpenVINO's 1 ms, PyTorch's OpenMP pool 8 ms), which in one process steals the cores from whatever runs next;
-turning ONNX Runtime's spinning off instead made that call 3x slower on the loaded machine (docs/deployment.md). In processes of their own, each runtime
-keeps the thread pool its library sets up, and the untimed step that starts each block absorbs what the previous
-block's pool leaves spinning. How the preparation of each runtime works is :mod:`archlab.deploy.runtimes`.
+turning ONNX Runtime's spinning off instead made that call 3x slower on the loaded machine (docs/deployment.md).
+In processes of their own, each runtime keeps the thread pool its library sets up, and the untimed step that
+starts each block absorbs what the previous block's pool leaves spinning. How each runtime is prepared is
+:mod:`archlab.deploy.runtimes`.
 """
 
 from __future__ import annotations
