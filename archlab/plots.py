@@ -457,3 +457,28 @@ def plot_pareto_search(r: dict[str, Any], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_space_edf(r: dict[str, Any], path: Path) -> Path:
+    """Each design space's error EDF (the share of its models with validation error up to e) on one plot, the
+    Kolmogorov-Smirnov statistic between each pair in the title."""
+    plt = _study_pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
+    for i, s in enumerate(r["spaces"]):
+        if not s["edf"]:
+            continue
+        xs = [s["edf"][0][0]] + [e for e, _ in s["edf"]]  # from 0 at the lowest error, a step up at each model
+        ys = [0.0] + [f for _, f in s["edf"]]
+        ax.step(xs, ys, where="post", color=f"C{i % 10}", lw=1.6,
+                label=f"{s['space']} ({s['trained']} models; min {s['min']:.1f}%, median {s['median']:.1f}%)")
+    ks = "; ".join(f"{k['a']} vs {k['b']}: D = {k['statistic']:.2f} (p = {k['p_value']:.2g})" for k in r["ks"]
+                   if k.get("statistic") is not None)
+    band = f"{r['band'][0] / 1e6:g}M-{r['band'][1] / 1e6:g}M MACs"
+    ax.set(xlabel="validation error (%)", ylabel="cumulative share of models", ylim=(0, 1.02),
+           title=f"error EDFs on {r['data']} ({band}, {r['budget']} budget)\n{ks}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -203,3 +203,69 @@ def test_mnas_search_on_macs_and_latency(tmp_path, capsys, monkeypatch) -> None:
     assert macs["cost_key"] == "macs" and all(c["search_latency_ms"] is None for c in macs["candidates"])
     assert main(argv[:-1] + ["--cost", "macs"]) == 2  # the folder holds a search with other settings
     assert "another space, sampler, cost or budget" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ design spaces
+
+
+def test_the_analytic_count_is_the_profilers_for_both_spaces() -> None:
+    import random
+
+    from archlab.analysis import profile
+    from archlab.search import space as sp
+
+    checked = 0
+    for s in (sp.ANYNET, sp.REGNET):
+        rng = random.Random(3)
+        while checked < 6 * (1 + (s is sp.REGNET)):
+            spec = s.spec(s.sample(rng))
+            try:
+                estimate = sp.regnet_macs(spec, 19)
+            except ValueError:
+                continue
+            with torch.device("meta"):
+                assert profile(create_from_spec(spec, num_classes=10), input_size=19,
+                               training_memory=False).macs == estimate, spec
+            checked += 1
+
+
+def test_samples_are_in_the_band_distinct_and_the_same_every_time() -> None:
+    from archlab.search import space as sp
+
+    band = (2e6, 6e6)
+    first = sp.sample_space(sp.ANYNET, 4, band, 32, 500)
+    assert [s.spec for s in first] == [s.spec for s in sp.sample_space(sp.ANYNET, 4, band, 32, 500)]
+    assert len({s.spec for s in first}) == 4 and all(band[0] <= s.macs <= band[1] for s in first)
+    with pytest.raises(SearchError, match=r"no sample within the multiply-add band 0.001M-0.002M after 5 tries"):
+        sp.sample_space(sp.REGNET, 1, (1e3, 2e3), 32, 5)
+
+
+def test_a_space_file(tmp_path) -> None:
+    from archlab.search import space as sp
+
+    path = tmp_path / "narrow.toml"
+    path.write_text('name = "narrow"\nmodel = "regnet:w0={w0},wa=20.0,wm=2.5,depth={depth},group_width=8"\n'
+                    '[params.w0]\nint = [16, 48]\nstep = 8\n[params.depth]\nchoice = [6, 8, 10]\n')
+    space = sp.load_space(str(path))
+    (sample,) = sp.sample_space(space, 1, (0, 1e9), 32, 5)
+    assert sample.values["w0"] in (16, 24, 32, 40, 48) and sample.values["depth"] in (6, 8, 10)
+    path.write_text('name = "bad"\nmodel = "regnet:w0={w0},depth={d}"\n[params.w0]\nint = [16, 48]\n')
+    with pytest.raises(SearchError, match="names a parameter the file does not define"):
+        sp.load_space(str(path))
+    path.write_text('name = "bad"\nmodel = "regnet:w0={w0}"\n[params.w0]\nint = [16, 48]\nfloat = [1, 2]\n')
+    with pytest.raises(SearchError, match="exactly one of"):
+        sp.load_space(str(path))
+
+
+def test_space_search_draws_both_edfs_with_the_ks_statistic(tmp_path, capsys) -> None:
+    out = tmp_path / "space"
+    argv = ["search", "space", "--samples", "2", "--macs", "1:3", *MICRO, "--out", str(out), "--json"]
+    assert main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert [s["space"] for s in r["spaces"]] == ["anynet", "regnet"] and all(s["trained"] == 2 for s in r["spaces"])
+    from scipy import stats
+
+    errors = {s["space"]: [e for e, _ in s["edf"]] for s in r["spaces"]}
+    assert r["ks"][0]["statistic"] == pytest.approx(stats.ks_2samp(errors["anynet"], errors["regnet"]).statistic)
+    assert [f for _, f in r["spaces"][0]["edf"]] == [0.5, 1.0]
+    assert (out / "edf.png").exists() and "Kolmogorov-Smirnov" in (out / "report.md").read_text()

@@ -68,6 +68,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="candidates sampled at a time (NSGA-II's population; default 8)")
     _shared(m, "mnas")
     m.set_defaults(_search=_mnas)
+    s = sub.add_parser("space", help="design spaces compared by the error EDFs of models sampled from them "
+                                     "(arXiv:1905.13214, arXiv:2003.13678), with the KS statistic")
+    s.add_argument("--space", default="anynet,regnet", metavar="anynet|regnet|FILE[,...]",
+                   help="the spaces to compare, comma-separated: built-in anynet (AnyNetX_C) and regnet (RegNetX), "
+                        "or TOML files (docs/search.md); default anynet,regnet")
+    s.add_argument("--samples", type=positive_int, metavar="N", help="models per space (default: quick 16, paper 100)")
+    s.add_argument("--macs", default="4:8", metavar="LO:HI",
+                   help="the multiply-add band, in millions at the trial's input size (default 4:8)")
+    s.add_argument("--max-tries", type=positive_int, default=None, metavar="N",
+                   help="draws per model before a space is said not to reach the band (default 500)")
+    _shared(s, "space")
+    s.set_defaults(_search=_space)
 
 
 def _shared(p: argparse.ArgumentParser, kind: str) -> None:
@@ -263,4 +275,42 @@ def _render_mnas(r: dict[str, Any], out: Path) -> None:
     a = r["anchor"]
     if a.get("median_ms"):
         c.print(f"anchor {a['spec']}: {a['median_ms']:.3f} ms at batch 1 (fused, oneDNN, channels-last)")
+    c.print(f"report: {out / 'report.md'}")
+
+
+def _space(args: argparse.Namespace) -> int:
+    from archlab.search import space as sp
+    from archlab.search.report import write_space
+
+    options = sp.SpaceOptions(spaces=tuple(x.strip() for x in args.space.split(",") if x.strip()),
+                              samples=args.samples, band=sp.parse_band(args.macs),
+                              max_tries=args.max_tries or sp.DEFAULT_MAX_TRIES)
+    settings = _settings(args)
+    sp.sample_all(options, settings)  # bad spaces, and a band no sample reaches, before any folder is made
+    out = _out(args)
+    _check_data(args)
+    result = _with_progress("space", lambda cb: sp.run_space(options, settings, out, cb))
+    write_space(result, out)
+    if args.json:
+        print_json(result)
+    else:
+        _render_space(result, out)
+    return _exit(result, out)
+
+
+def _render_space(r: dict[str, Any], out: Path) -> None:
+    from rich.table import Table
+
+    c = console()
+    table = Table(title=f"error EDFs: {r['samples']} models a space, {r['band'][0] / 1e6:g}M-{r['band'][1] / 1e6:g}M "
+                        "MACs", header_style="bold")
+    for col in ("space", "trained", "min error %", "median", "max"):
+        table.add_column(col, justify="left" if col == "space" else "right")
+    for x in r["spaces"]:
+        table.add_row(x["space"], f"{x['trained']}/{x['sampled']}", *("-" if x[k] is None else f"{x[k]:.2f}"
+                                                                      for k in ("min", "median", "max")))
+    c.print(table)
+    for k in r["ks"]:
+        if k.get("statistic") is not None:
+            c.print(f"  KS {k['a']} vs {k['b']}: D = {k['statistic']:.3f}, p = {k['p_value']:.3g}")
     c.print(f"report: {out / 'report.md'}")

@@ -6,7 +6,9 @@ Which widths and depths the stages get follows from six numbers by the quantized
 the nearest power of ``wm`` times ``w0`` and to a multiple of 8; blocks of equal width form a stage.
 
 ``create_model("regnet", w0=..., wa=..., wm=..., depth=..., group_width=...)`` builds any point of the space; each
-released model is one row of :data:`REGNET_ROWS`. Layer names follow torchvision (``stem``,
+released model is one row of :data:`REGNET_ROWS`. ``widths=(...)`` with ``depths=(...)`` builds a point of the wider
+AnyNetX space instead (Sec. 3.1: free per-stage widths and depths; one group width and bottleneck ratio shared by
+the stages, as AnyNetX_C), the quantized linear rule's parameters then unused (:func:`anynet_stages`). Layer names follow torchvision (``stem``,
 ``trunk_output.blockI.blockI-J.{proj,f.a,f.b,f.se,f.c}``, ``fc``) so its checkpoints load unchanged.
 """
 
@@ -104,7 +106,33 @@ def regnet_widths(
             runs[-1][1] += 1
         else:
             runs.append([w, 1])
+    return _compatible_stages(runs, group_width, bottleneck_ratio)
 
+
+def anynet_stages(widths: tuple[int, ...], depths: tuple[int, ...], group_width: int,
+                  bottleneck_ratio: float = 1.0) -> list[RegNetStage]:
+    """The stages of a point of AnyNetX (paper Sec. 3.1): stage ``i`` has ``depths[i]`` blocks of width
+    ``widths[i]`` (free, not from the linear rule), one group width and bottleneck ratio for every stage (AnyNetX_C),
+    made compatible as in :func:`regnet_widths`. A ValueError names what is out of the space."""
+    if not isinstance(widths, (tuple, list)) or not isinstance(depths, (tuple, list)) or not widths or \
+            len(widths) != len(depths):
+        raise ValueError(f"widths and depths must be two sequences of the same length (one entry per stage), got "
+                         f"widths={widths!r}, depths={depths!r}")
+    runs = []
+    for i, (w, d) in enumerate(zip(widths, depths), start=1):
+        w = _positive_int(f"widths[{i - 1}]", w, f"width of stage {i}")
+        if w % WIDTH_QUANTUM:
+            raise ValueError(f"widths[{i - 1}] (width of stage {i}) must be a multiple of {WIDTH_QUANTUM}, got {w}")
+        runs.append([w, _positive_int(f"depths[{i - 1}]", d, f"blocks of stage {i}")])
+    group_width = _positive_int("group_width", group_width, "channels per group")
+    bottleneck_ratio = _number("bottleneck_ratio", bottleneck_ratio)
+    if bottleneck_ratio <= 0:
+        raise ValueError(f"bottleneck_ratio must be > 0, got {bottleneck_ratio:g}")
+    return _compatible_stages(runs, group_width, bottleneck_ratio)
+
+
+def _compatible_stages(runs: list[list[int]], group_width: int, bottleneck_ratio: float) -> list[RegNetStage]:
+    """(width, blocks) runs as stages whose groups fit their bottlenecks (step 3 of :func:`regnet_widths`)."""
     stages = []
     for width, n in runs:
         bottleneck = int(width * bottleneck_ratio)
@@ -159,7 +187,8 @@ class ResBottleneckBlock(nn.Module):
 class RegNet(ArchNet):
     """Any RegNet of the design space: stem, one stage per :func:`regnet_widths` entry, global pool, FC.
 
-    ``se_ratio`` 0 or None gives RegNetX, 0.25 the paper's RegNetY.
+    ``se_ratio`` 0 or None gives RegNetX, 0.25 the paper's RegNetY. ``widths`` and ``depths`` (one entry per stage)
+    give an AnyNetX network instead of the rule's (:func:`anynet_stages`).
     """
 
     def __init__(
@@ -175,9 +204,14 @@ class RegNet(ArchNet):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        widths: tuple[int, ...] | None = None,
+        depths: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
-        stages = regnet_widths(w0, wa, wm, depth, group_width, bottleneck_ratio)
+        if widths is None and depths is None:
+            stages = regnet_widths(w0, wa, wm, depth, group_width, bottleneck_ratio)
+        else:  # a point of AnyNetX: w0, wa, wm and depth are not used
+            stages = anynet_stages(widths, depths, group_width, bottleneck_ratio)
         if se_ratio is not None and not 0.0 <= _number("se_ratio", se_ratio) <= 1.0:
             raise ValueError(f"se_ratio must be in [0, 1] (0 or None: no SE, RegNetX), got {se_ratio:g}")
         if not 0.0 <= drop_path_rate < 1.0:

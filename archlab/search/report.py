@@ -206,3 +206,66 @@ def write_mnas(r: dict[str, Any], out: str | Path, plots: bool = True) -> list[P
 
         paths.append(plot_pareto_search(r, out / "pareto.png"))
     return paths
+
+
+# ---------------------------------------------------------------------------------------------------- space
+
+SPACE_COLUMNS = ("label", "space", "spec", "params", "macs", "tries", "val_error", "val_error_std", "seeds_done",
+                 "seeds")
+
+
+def _err(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def space_markdown(r: dict[str, Any]) -> str:
+    s = r["source"]
+    band = f"{r['band'][0] / 1e6:g}M-{r['band'][1] / 1e6:g}M"
+    recipe = ", ".join(f"{k}={v}" for k, v in r["recipe"].items())
+    fraction = f", data fraction {r['data_fraction']}" if r.get("data_fraction") else ""
+    names = " vs ".join(x["space"] for x in r["spaces"])
+    lines = [f"# Design spaces compared: {names}", "",
+             f"**Method.** {s['paper']} (arXiv:{s['arxiv']}), {s['where']}: {r['samples']} models sampled from each "
+             f"space with {band} multiply-adds at {r['input_size']}px (rejection sampling), each trained briefly; "
+             "a space is its error EDF, F(e) = the share of its models with validation error up to e, and two "
+             "spaces differ by the Kolmogorov-Smirnov statistic D, the largest gap between their EDFs "
+             "(scipy.stats.ks_2samp, with its p-value).", "",
+             f"**Run.** budget `{r['budget']}` ({recipe}), {r['seeds']} seed(s) a model, on `{r['data']}`{fraction}; "
+             f"{_machine(r)}; wall time {r['wall_s']:.0f} s.", "",
+             "**A small proxy task is not ImageNet**: the EDFs say how the spaces' models fare on this data in this "
+             "budget."]
+    lines += _stopped(r)
+    lines += ["", "| space | source | models trained | min error (%) | median | max |", "|---|---|---:|---:|---:|---:|"]
+    for x in r["spaces"]:
+        lines.append(f"| {x['space']} | {x['source']} | {x['trained']}/{x['sampled']} | {_err(x['min'])} | "
+                     f"{_err(x['median'])} | {_err(x['max'])} |")
+    if r["ks"]:
+        lines += ["", "| spaces | KS statistic D | p-value |", "|---|---:|---:|"]
+        for k in r["ks"]:
+            d = "-" if k.get("statistic") is None else f"{k['statistic']:.3f}"
+            pv = "-" if k.get("p_value") is None else f"{k['p_value']:.3g}"
+            lines.append(f"| {k['a']} vs {k['b']} | {d} | {pv} |")
+    lines += ["", "![error EDFs](edf.png)", "", "## Every model", "",
+              "| model | model spec | params | MACs | tries | val error (%) | seeds |", "|---|---|---:|---:|---:|---:|---:|"]
+    for m in r["models"]:
+        lines.append(f"| {m['label']} | `{m['spec']}` | {count(m['params'])} | {count(m['macs'])} | {m['tries']} | "
+                     f"{_err(m['val_error'])} | {m['seeds_done']}/{m['seeds']} |")
+    if r.get("missing"):
+        lines += ["", "**Missing.** " + "; ".join(f"{m['key']}: {m['why']}" for m in r["missing"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_space(r: dict[str, Any], out: str | Path, plots: bool = True) -> list[Path]:
+    from archlab.train.checkpoint import atomic_write_text
+
+    out = Path(out)
+    paths = [out / "report.md", out / "results.json", out / "models.csv", out / "trials.csv"]
+    atomic_write_text(paths[0], space_markdown(r))
+    atomic_write_text(paths[1], json.dumps(r, indent=1, default=str) + "\n")
+    atomic_write_text(paths[2], _csv(r["models"], SPACE_COLUMNS))
+    atomic_write_text(paths[3], _csv(r["trials"], TRIAL_COLUMNS))
+    if plots:
+        from archlab.plots import plot_space_edf
+
+        paths.append(plot_space_edf(r, out / "edf.png"))
+    return paths
