@@ -35,7 +35,9 @@ DIGITS = ["--data", "digits", "--input-size", "8"]
 RECIPE = ["--epochs", "2", "--batch-size", "64", "--ema", "0.9", "--drop-path", "0.2", "--warmup-epochs", "0.5",
           "--label-smoothing", "0.1", "--clip-grad", "5", "--no-channels-last", "--seed", "3", "--augment", "trivial",
           "--random-erase", "0.25", "--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.8"]
-FORK = multiprocessing.get_context("fork")
+# Training children are spawned, not forked: a process that has run ONNX Runtime or OpenVINO in-process (their thread
+# pools; tests/test_runtimes.py does) leaves forked children that crash before their first step.
+CHILD = multiprocessing.get_context("spawn")
 
 
 class TinyNet(ArchNet):
@@ -76,10 +78,13 @@ def _card(name: str, **kwargs) -> registry.ModelCard:
                               default_kwargs=kwargs)
 
 
+TINY_MODELS = (("tiny_cnn", {}), ("tiny_wide", {"width": 12}), ("tiny_nan", {"nan_after": 30}))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def tiny_models():
     with pytest.MonkeyPatch.context() as mp:
-        for name, kwargs in (("tiny_cnn", {}), ("tiny_wide", {"width": 12}), ("tiny_nan", {"nan_after": 30})):
+        for name, kwargs in TINY_MODELS:
             mp.setitem(registry._REGISTRY, name, registry._Entry(TinyNet, _card(name, **kwargs)))
         yield
 
@@ -161,6 +166,10 @@ def test_eval_reproduces_the_validation_accuracy(reference_run, capsys, tmp_path
 
 
 def _train_in_child(argv: list[str], env: dict[str, str], stdout_path: str | None = None) -> None:
+    registry._ensure_loaded()
+    for name, kwargs in TINY_MODELS:  # a spawned child imports this module afresh: the fixture did not run there
+        registry._REGISTRY.setdefault(name, registry._Entry(TinyNet, _card(name, **kwargs)))
+    torch.set_num_threads(int(os.environ.get("ARCHLAB_TEST_THREADS", "1")))  # as conftest sets the test processes
     os.environ.update(env)
     if stdout_path:
         sys.stdout = open(stdout_path, "w")
@@ -175,7 +184,7 @@ def test_interrupted_run_resumes_bit_exactly(sig, reference_run, capsys, tmp_pat
     ref_dir, ref = reference_run
     run_dir, marker = tmp_path / "run", tmp_path / "marker"
     env = {"ARCHLAB_TEST_HANG_AFTER_STEP": "30", "ARCHLAB_TEST_HANG_MARKER": str(marker)}
-    child = FORK.Process(target=_train_in_child,
+    child = CHILD.Process(target=_train_in_child,
                          args=(["tiny_cnn", *DIGITS, *RECIPE, "--out", str(run_dir)], env))
     child.start()
     deadline = time.monotonic() + 120
@@ -210,7 +219,7 @@ def test_two_process_ddp_keeps_ranks_identical_and_matches_one_process(reference
         env = {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": port}
         argv = ["tiny_cnn", *DIGITS, *RECIPE, "--device", "cpu", "--out", str(tmp_path / "run"), "--json"]
-        children.append(FORK.Process(target=_train_in_child, args=(argv, env, str(tmp_path / f"out{rank}.json"))))
+        children.append(CHILD.Process(target=_train_in_child, args=(argv, env, str(tmp_path / f"out{rank}.json"))))
         children[-1].start()
     for child in children:
         child.join(180)
