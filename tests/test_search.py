@@ -77,6 +77,9 @@ def test_points_that_round_to_one_network_are_trained_once() -> None:
     shared = next(c for c in candidates if c.same_as)
     assert {shared.coefficients, *shared.same_as} == set(points[:2])
     assert shared.coefficients == points[0]  # 2.07 beats 2.18: the one nearer 2 represents them
+    paper, near = cs.Coefficients(1.2, 1.1, 1.15), cs.Coefficients(1.25, 1.1, 1.15)  # 3.6 and 3.75 blocks: 4
+    (only,) = cs.step1_candidates(base, [near, paper], 16)
+    assert only.coefficients == paper and only.same_as == [near]  # the paper's point represents its network
 
 
 def test_a_round_travels_to_the_workers_as_a_study_file() -> None:
@@ -155,6 +158,9 @@ def test_compound_search_stopped_by_trials_then_continued(tmp_path, capsys) -> N
     assert rows[("found", 1)]["acc_mean"] == second["step1"][0]["acc_mean"]  # the same run folder, read again
     assert rows[("paper", 1)]["spec"] == "cifar_resnet20:width_mult=0.275,depth=26"
     assert rows[("paper", 1)]["input_size"] == 18  # 16 * 1.15 = 18.4
+    (versus,) = second["versus"]  # found vs paper at phi = 1, tested as a study tests an ordering
+    assert versus["where"] == "step 2, phi = 1" and versus["verdict"] == "inconclusive"
+    assert versus["reason"] == "fewer than 2 finished seeds for found, paper"
     assert main(argv) == 0  # nothing left: every result reused, nothing trained twice
     third = json.loads(capsys.readouterr().out)
     assert third["step1"] == second["step1"] and third["step2"]["rows"] == second["step2"]["rows"]

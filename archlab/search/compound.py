@@ -135,8 +135,8 @@ def _network_key(spec: str, input_size: int) -> tuple[Any, ...]:
 
 
 def step1_candidates(base: ScalableBase, points: list[Coefficients], base_size: int) -> list[Candidate]:
-    """One candidate per distinct network; its representative is the point closest to the constraint (then the
-    first in grid order), the others listed in ``same_as``."""
+    """One candidate per distinct network; its representative is the paper's point when it is among them, else
+    the point closest to the constraint (then the first in grid order), the others listed in ``same_as``."""
     groups: dict[tuple[Any, ...], list[tuple[Coefficients, str, float, int]]] = {}
     for c in points:
         spec, scale = base.scaled(1, c.alpha, c.beta, c.gamma)
@@ -144,7 +144,7 @@ def step1_candidates(base: ScalableBase, points: list[Coefficients], base_size: 
         groups.setdefault(_network_key(spec, size), []).append((c, spec, scale, size))
     out = []
     for members in groups.values():
-        rep = min(members, key=lambda m: abs(m[0].constraint - TARGET))
+        rep = min(members, key=lambda m: (not _is_paper(m[0]), abs(m[0].constraint - TARGET)))
         out.append(Candidate(rep[0], rep[1], rep[2], rep[3], [m[0] for m in members if m is not rep]))
     return out
 
@@ -187,6 +187,13 @@ def run_compound(options: CompoundOptions, settings: SearchSettings, out: Path,
     rows.sort(key=lambda r: (r.get("rank") or len(rows) + 1, -r["constraint"]))
     complete = stopped is None and not r1["missing"]
     best = ranked[0] if ranked else None
+    errors1 = _per_seed(r1["trials"])
+    paper_row = next((r for r in rows if r["paper"]), None)
+    versus = []
+    if best and paper_row and best is not paper_row:
+        versus.append(_versus(Coefficients(best["alpha"], best["beta"], best["gamma"]).label(),
+                              Coefficients(paper_row["alpha"], paper_row["beta"], paper_row["gamma"]).label(),
+                              errors1, "step 1, phi = 1"))
     result: dict[str, Any] = {
         "search": "compound", "source": asdict(SOURCE), "base": base.spec, "base_kind": base.kind,
         "base_input_size": base_size, "grid": [list(g) for g in options.grid], "tolerance": options.tolerance,
@@ -196,7 +203,7 @@ def run_compound(options: CompoundOptions, settings: SearchSettings, out: Path,
         "storage": run1.storage_url, "out": str(out), "machine": r1["machine"], "step1": rows,
         "best": best and {k: best[k] for k in ("alpha", "beta", "gamma", "constraint", "acc_mean", "acc_std")},
         "paper_coefficients": dict(zip(("alpha", "beta", "gamma"), PAPER_COEFFICIENTS)),
-        "step1_complete": complete, "missing": r1["missing"],
+        "step1_complete": complete, "missing": r1["missing"], "versus": versus,
         "trials": [{"round": "step1", **x} for x in r1["trials"]],
     }
     result["step2"] = {"status": "not run: step 1 is not complete" if not complete else
@@ -229,10 +236,34 @@ def run_compound(options: CompoundOptions, settings: SearchSettings, out: Path,
                           "macs": a.get("macs"), **_accuracy(a)})
         result["step2"] = {"status": "complete" if stopped is None and not r2["missing"] else "partial",
                            "rows": step2, "missing": r2["missing"]}
+        errors2 = _per_seed(r2["trials"])
+        if len(sets) > 1:
+            result["versus"] += [_versus(found.label(phi), Coefficients(*PAPER_COEFFICIENTS).label(phi), errors2,
+                                         f"step 2, phi = {phi}") for phi in options.phis]
         result["trials"] += [{"round": "step2", **x} for x in r2["trials"]]
     result["stopped"] = stopped
     result["wall_s"] = clock.elapsed()
     return result
+
+
+def _per_seed(trials: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each arm's validation errors, one per finished seed (the first finished trial of each key, as the engine
+    counts them)."""
+    seen, out = set(), {}
+    for t in sorted(trials, key=lambda t: t["number"]):
+        if t["state"] == "COMPLETE" and t["key"] not in seen and t.get("val_error") is not None:
+            seen.add(t["key"])
+            out.setdefault(t["arm"], []).append(t["val_error"])
+    return out
+
+
+def _versus(found: str, paper: str, errors: dict[str, list[float]], where: str) -> dict[str, Any]:
+    """"found is better than paper" tested as the studies test an ordering (Welch's t-test at 5% on per-seed
+    validation errors; archlab.studies.stats)."""
+    from archlab.studies.stats import welch
+
+    c = welch(errors.get(found, []), errors.get(paper, []), ("found", "paper"), "val_error", where).to_dict()
+    return {"where": where, "found": found, "paper": paper, **c}
 
 
 def _accuracy(arm: dict[str, Any]) -> dict[str, Any]:

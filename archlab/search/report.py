@@ -106,6 +106,18 @@ def compound_markdown(r: dict[str, Any]) -> str:
                          f"{2 ** x['phi']} | {acc(x)} | {x['seeds_done']}/{x['seeds']} |")
         if step2["status"] != "complete":
             lines += ["", f"Step 2 is {step2['status']}."]
+    if r.get("versus"):
+        lines += ["", "## Found vs the paper's coefficients", "",
+                  "| where | val error (%): found vs paper | difference | p | verdict |", "|---|---:|---:|---:|---|"]
+        for v in r["versus"]:
+            ours = "-" if v["mean_better"] is None or v["mean_worse"] is None else \
+                f"{v['mean_better']:.2f} vs {v['mean_worse']:.2f}"
+            diff = "-" if v["difference"] is None else f"{v['difference']:.2f}"
+            p = "-" if v["p_value"] is None else f"{v['p_value']:.3f}"
+            lines.append(f"| {v['where']} | {ours} | {diff} | {p} | {v['verdict']}"
+                         + (f" ({v['reason']})" if v.get("reason") else "") + " |")
+        lines += ["", "'holds': the found coefficients have the lower error at 5% (Welch's t-test on the per-seed "
+                      "errors, as `archlab study` tests an ordering); 'inconclusive': within the seeds' noise."]
     missing = list(r.get("missing") or []) + list(step2.get("missing") or [])
     if missing:
         lines += ["", "**Missing.** " + "; ".join(f"{m['key']}: {m['why']}" for m in missing) + "."]
