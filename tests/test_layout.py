@@ -22,9 +22,14 @@ MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
 def _imports(path: Path) -> set[str]:
-    """Every module an ``import`` in the file names, at module level or inside a function."""
+    """Every module an ``import`` in the file names, at module level or inside a function (not those under
+    ``if TYPE_CHECKING:``: annotations only, never run)."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # drop the type-checking blocks
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            node.body = []
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -314,7 +314,7 @@ class _Heartbeat:
 
 def reopen(folder: str | os.PathLike[str]) -> StudyRun:
     """The study run a folder holds (its ``study.json``), for ``archlab study show``."""
-    from archlab.studies.worker import study_from_source
+    from archlab.studies.files import study_from_source
 
     pointer_path = Path(folder) / STUDY_FILE
     if not pointer_path.is_file():

@@ -110,3 +110,12 @@ def study_from_dict(data: dict[str, Any], where: str = "study file") -> Study:
         return validate(study)
     except StudyError as exc:
         raise StudyError(f"{where}: {exc}") from None
+
+
+def study_from_source(source: dict) -> Study:
+    """The study a results record names: a built-in one, or the text of the user's TOML file."""
+    if "builtin" in source:
+        from archlab.studies.tables import get_study
+
+        return get_study(source["builtin"])
+    return study_from_toml(source["toml"], source.get("file", "study file"))

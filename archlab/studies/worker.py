@@ -8,19 +8,8 @@ import sys
 from pathlib import Path
 
 from archlab.studies.engine import StudyRun
+from archlab.studies.files import study_from_source
 from archlab.studies.plan import Settings
-from archlab.studies.study import Study
-
-
-def study_from_source(source: dict) -> Study:
-    """The study a results record names: a built-in one, or the text of the user's TOML file."""
-    if "builtin" in source:
-        from archlab.studies.tables import get_study
-
-        return get_study(source["builtin"])
-    from archlab.studies.files import study_from_toml
-
-    return study_from_toml(source["toml"], source.get("file", "study file"))
 
 
 def main(argv: list[str]) -> int:
