@@ -3,7 +3,7 @@ recorded: the quick budget on digits must finish in at most 10 minutes on a 2-co
 speed study in at most 3.
 
     python benchmarks/studies.py                       # quick budget on digits, 2 workers
-    python benchmarks/studies.py --data fashion-mnist --data-fraction 0.1 --epochs-scale 0.2 --tag fashion-mnist
+    python benchmarks/studies.py --data fashion-mnist --data-fraction 0.1 --epochs-scale 0.5 --tag fashion-mnist
 
 Each study runs in a fresh folder under --keep (default: a temporary folder), through `python -m archlab study`,
 so its time includes start-up, data loading, every trial and the report. The record (Markdown and JSON) goes to
