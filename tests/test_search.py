@@ -171,18 +171,22 @@ def test_compound_search_stopped_by_trials_then_continued(tmp_path, capsys) -> N
     assert (out / "compound.png").stat().st_size > 0 and (out / "step2.csv").read_text().count("\n") == 4
 
 
-def test_compound_search_stopped_by_the_time_limit_resumes(tmp_path, capsys) -> None:
+def test_compound_search_stopped_by_the_time_limit_resumes(tmp_path, capsys, monkeypatch) -> None:
     out = tmp_path / "timed"
-    argv = ["search", "compound", "--base", TINY_BASE, "--grid", "1.0:1.2:0.2", "--phi", "1", *MICRO[:4],
-            "--epochs", "2", "--seeds", "1", "--out", str(out), "--json"]
-    assert main(argv + ["--time-limit", "1s"]) == 0
+    argv = ["search", "compound", "--base", TINY_BASE, "--grid", "1.0:1.2:0.2", "--phi", "1", *MICRO, "--out",
+            str(out), "--json"]
+    monkeypatch.setenv("ARCHLAB_TEST_HANG_AFTER_STEP", "1")  # the trial waits there until a signal stops it
+    assert main(argv + ["--time-limit", "2s"]) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["stopped"] == "time limit (1 s) reached" and first["step1_complete"] is False
-    assert main(argv) == 0
+    assert first["stopped"] == "time limit (2 s) reached" and first["step1_complete"] is False
+    assert [(t["state"], t["failure"]) for t in first["trials"]] == [("FAIL", "interrupted"), ("WAITING", None)]
+    assert first["step1"][0]["seeds_done"] == 0 and first["step2"]["rows"] == []
+    monkeypatch.delenv("ARCHLAB_TEST_HANG_AFTER_STEP")
+    assert main(argv) == 0  # resumes the interrupted trial from its checkpoint, then step 2
     second = json.loads(capsys.readouterr().out)
-    assert second["step1_complete"] and second["step1"][0]["seeds_done"] == 1
-    trials = [r for r in second["trials"] if r["round"] == "step1"]
-    assert [r["state"] for r in trials if r["state"] == "COMPLETE"] == ["COMPLETE"]  # counted once
+    assert second["stopped"] is None and second["step1_complete"] and second["step1"][0]["seeds_done"] == 1
+    step1 = [t for t in second["trials"] if t["round"] == "step1"]
+    assert [t["state"] for t in step1] == ["FAIL", "COMPLETE"] and step1[1]["retry_of"] == step1[0]["number"]
 
 
 def test_mnas_search_on_macs_and_latency(tmp_path, capsys, monkeypatch) -> None:
@@ -209,6 +213,11 @@ def test_mnas_search_on_macs_and_latency(tmp_path, capsys, monkeypatch) -> None:
     assert macs["cost_key"] == "macs" and all(c["search_latency_ms"] is None for c in macs["candidates"])
     assert main(argv[:-1] + ["--cost", "macs"]) == 2  # the folder holds a search with other settings
     assert "another space, sampler, cost or budget" in capsys.readouterr().err
+    reward = ["search", "mnas", "--trials", "1", "--batch", "1", "--target-ms", "5", *MICRO, "--out",
+              str(tmp_path / "reward"), "--json"]
+    assert main(reward) == 0
+    (best,) = json.loads(capsys.readouterr().out)["candidates"]
+    assert best["reward"] == pytest.approx(ms.reward(best["acc_mean"], best["latency_ms"], 5.0))
 
 
 # ------------------------------------------------------------------------------------------ design spaces

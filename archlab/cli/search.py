@@ -84,7 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _shared(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--budget", default="quick", metavar="quick|paper",
-                   help="quick (default: minutes on a laptop CPU) or paper (the papers' CIFAR recipe)")
+                   help="quick (default: minutes on a laptop CPU) or paper (the paper's own training recipe "
+                        "where it gives one; docs/search.md)")
     p.add_argument("--data", default="digits", metavar="SPEC",
                    help="as for `archlab train`: digits (default), fashion-mnist, a CIFAR folder, an ImageFolder root")
     p.add_argument("--data-fraction", type=fraction, metavar="F", help="train on this share of the training split")

@@ -70,7 +70,7 @@ def check_options(o: MnasOptions) -> None:
         raise SearchError(f"unknown --sampler {o.sampler!r}; choose {', '.join(SAMPLERS)}")
     if o.cost not in COSTS:
         raise SearchError(f"unknown --cost {o.cost!r}; choose {', '.join(COSTS)}")
-    if o.target_ms is not None and not o.target_ms > 0:
+    if o.target_ms is not None and not 0 < o.target_ms < float("inf"):
         raise SearchError(f"--target-ms must be > 0 (MnasNet's target latency T), got {o.target_ms:g}")
     if o.target_ms is not None and o.cost != "latency":
         raise SearchError("--target-ms sets MnasNet's latency reward; it needs --cost latency")
@@ -272,7 +272,7 @@ def _results(study: Any, o: MnasOptions, settings: SearchSettings, url: str, out
                "search_latency_ms": (a["latency"]["ratio"] * study.user_attrs["anchor_ms"]) if "latency" in a
                else None}
         if o.target_ms and lat:
-            row["reward"] = reward(row["acc_mean"], lat.median_ms, o.target_ms, o.w)
+            row["reward"] = reward(row["acc_mean"], row["latency_ms"], o.target_ms, o.w)
         rows.append(row)
     cost_key = "latency_ms" if o.cost == "latency" else "macs"
     usable = [r for r in rows if r.get(cost_key) is not None and r.get("acc_mean") is not None]
