@@ -60,6 +60,7 @@ BAD_INPUTS: dict[str, list[tuple[list[str], str]]] = {
     "compare": [(["resnet18", "--no-bench", "--out", "{file}/out"], "--out {file}/out: cannot write there"),
                 (["no_such_net"], "unknown model")],
     "bench": [(["resnet50", "--input", "4000", "--batch", "64"], "needs at least"),
+              (["torchvision:resnet50", "--input", "4000", "--batch", "64"], "needs at least"),
               (["resnet18", "--vs", "caffe"], "--vs takes")],
     "export": [(["resnet18", "--onnx", "{dir}"], "is a folder"),
                (["resnet18", "--pt2", "{file}/x.pt2"], "does not exist"),

@@ -92,7 +92,11 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     from archlab.analysis.profile import check_fits
 
     for name in args.models:  # a size that cannot fit: refused now, not by the allocator after a long wait
-        if not external(name):
+        if external(name):  # a library's own model: its shapes, built on the meta device (no weights)
+            with torch.device("meta"):
+                reference = build_reference(name)
+            check_fits(reference, args.input or 224, max(args.batch), args.mode, args.device)
+        else:
             check_fits(name, args.input, max(args.batch), args.mode, args.device)
     if args.fused and args.mode == "train":
         raise CLIError("--fused is for --mode infer: a fused model has no BatchNorm left to train")
