@@ -67,6 +67,12 @@ def compound_lines(r: dict) -> list[str]:
         a = "-" if x["acc_mean"] is None else f"{x['acc_mean']:.2f} ± {x['acc_std'] or 0:.2f}"
         lines.append(f"| {x['coefficients']} ({x['alpha']:g}, {x['beta']:g}, {x['gamma']:g}) | {x['phi']} | "
                      f"{(x['params'] or 0) / 1e3:.1f}k | {(x['macs'] or 0) / 1e6:.2f}M | {a} |")
+    if res.get("versus"):
+        lines += ["", "Found vs the paper's (Welch's t-test at 5% on per-seed validation errors):", ""]
+        for v in res["versus"]:
+            p = "-" if v["p_value"] is None else f"{v['p_value']:.3f}"
+            lines.append(f"- {v['where']}: {v['mean_better']:.2f} vs {v['mean_worse']:.2f}% error, p = {p}, "
+                         f"**{v['verdict']}**")
     return lines
 
 

@@ -237,7 +237,8 @@ def run_compound(options: CompoundOptions, settings: SearchSettings, out: Path,
         result["step2"] = {"status": "complete" if stopped is None and not r2["missing"] else "partial",
                            "rows": step2, "missing": r2["missing"]}
         errors2 = _per_seed(r2["trials"])
-        if len(sets) > 1:
+        if len(sets) > 1:  # step 2's phi = 1 is step 1's comparison again: said once
+            result["versus"] = [v for v in result["versus"] if 1 not in options.phis]
             result["versus"] += [_versus(found.label(phi), Coefficients(*PAPER_COEFFICIENTS).label(phi), errors2,
                                          f"step 2, phi = {phi}") for phi in options.phis]
         result["trials"] += [{"round": "step2", **x} for x in r2["trials"]]
