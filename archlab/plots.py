@@ -407,9 +407,11 @@ def plot_compound_search(r: dict[str, Any], path: Path) -> Path:
     right.set(xlabel="multiply-adds (M, log scale)", ylabel="validation accuracy (%)",
               title="step 2: scaled by phi = 0..3")
     right.set_xscale("log")
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+    right.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 2, 5, 10, 20 ... as plain numbers
     right.xaxis.set_major_formatter(ScalarFormatter())
+    right.xaxis.set_minor_formatter(NullFormatter())
     right.grid(True, which="both", alpha=0.3)
     if right.lines:
         right.legend(fontsize=8)
