@@ -157,6 +157,12 @@ def drive(run: StudyRun, workers: int, clock: Clock, done_before: int = 0,
                 state["reason"] = reason
                 stop.set()
 
+    def stop_trial() -> None:
+        # Only to a Python handler (the training loop's, or ours between trials): a SIGTERM that landed while the
+        # default action was in place (a race at a handler hand-over) would kill this process, report unwritten.
+        if callable(signal.getsignal(signal.SIGTERM)):
+            os.kill(os.getpid(), signal.SIGTERM)
+
     def watch() -> None:
         timed_out = False
         while True:
@@ -164,7 +170,7 @@ def drive(run: StudyRun, workers: int, clock: Clock, done_before: int = 0,
                 time.sleep(1.0)
                 if not state["training"] or not can_signal:
                     return
-                os.kill(os.getpid(), signal.SIGTERM)
+                stop_trial()
                 continue
             if stop.wait(1.0):
                 return
@@ -176,7 +182,7 @@ def drive(run: StudyRun, workers: int, clock: Clock, done_before: int = 0,
                 stop.set()
                 timed_out = True
                 if state["training"] and can_signal:
-                    os.kill(os.getpid(), signal.SIGTERM)  # the training loop checkpoints and stops
+                    stop_trial()  # the training loop checkpoints and stops
 
     def on_signal(signum: int, frame: Any) -> None:
         state["reason"] = state["reason"] or "interrupted"
