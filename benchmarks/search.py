@@ -1,6 +1,7 @@
 """The architecture searches run as a user would run them (`archlab search ...`), their wall time and findings
 recorded. Budget (issue #14): on `--data digits` at the quick budget, `archlab search compound` in at most 15
-minutes and `archlab search mnas --trials 24` in at most 15 minutes on a 2-core CPU.
+minutes and `archlab search mnas --trials 24` in at most 15 minutes on a 2-core CPU (`space` has no budget; it
+can be recorded too: `--searches space`).
 
     python benchmarks/search.py                          # both, quick budget on digits, 2 workers
     python benchmarks/search.py --searches mnas --note "..."
@@ -25,7 +26,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIMIT_S = 900.0  # each search, quick budget on digits, 2-core CPU
-COMMANDS = {"compound": ["compound"], "mnas": ["mnas", "--trials", "24"]}
+COMMANDS = {"compound": ["compound"], "mnas": ["mnas", "--trials", "24"], "space": ["space"]}
 
 
 def run_search(name: str, args: argparse.Namespace, folder: Path) -> dict:
@@ -89,6 +90,20 @@ def mnas_lines(r: dict) -> list[str]:
     return lines
 
 
+def space_lines(r: dict) -> list[str]:
+    res = r["result"]
+    lines = [f"{res['samples']} models a space with {res['band'][0] / 1e6:g}M-{res['band'][1] / 1e6:g}M MACs at "
+             f"{res['input_size']}px.", "", "| space | models trained | min error (%) | median | max |",
+             "|---|---:|---:|---:|---:|"]
+    for s in res["spaces"]:
+        cells = ["-" if s[k] is None else f"{s[k]:.2f}" for k in ("min", "median", "max")]
+        lines.append(f"| {s['space']} | {s['trained']}/{s['sampled']} | " + " | ".join(cells) + " |")
+    for k in res["ks"]:
+        if k.get("statistic") is not None:
+            lines += ["", f"KS {k['a']} vs {k['b']}: D = {k['statistic']:.3f}, p = {k['p_value']:.3g}."]
+    return lines
+
+
 def markdown(records: list[dict], args: argparse.Namespace) -> str:
     lines = [f"# Architecture search: {args.budget} budget on {args.data}", "",
              f"{time.strftime('%Y-%m-%d %H:%M')}; {platform.processor() or platform.machine()}, {os.cpu_count()} "
@@ -96,7 +111,8 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
              "| search | wall time | limit | load average before / after (1/5/15 min) | stopped |",
              "|---|---:|---:|---|---|"]
     for r in records:
-        limit = f"{LIMIT_S:.0f} s" if args.data == "digits" and args.budget == "quick" else "-"
+        limit = f"{LIMIT_S:.0f} s" if args.data == "digits" and args.budget == "quick" and \
+            r["search"] != "space" else "-"
         stopped = r.get("error") or (r["result"].get("stopped") or "no")
         lines.append(f"| {r['search']} | {r['wall_s']:.0f} s | {limit} | {_load(r['load_before'])} / "
                      f"{_load(r['load_after'])} | {stopped} |")
@@ -105,7 +121,7 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
         if "error" in r:
             lines.append(f"error: {r['error']}")
             continue
-        lines += compound_lines(r) if r["search"] == "compound" else mnas_lines(r)
+        lines += {"compound": compound_lines, "mnas": mnas_lines, "space": space_lines}[r["search"]](r)
     return "\n".join(lines) + "\n"
 
 
@@ -117,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--searches", default="compound,mnas")
     p.add_argument("--compound-args", default="", help="extra arguments for the compound search")
     p.add_argument("--mnas-args", default="", help="extra arguments for the mnas search")
+    p.add_argument("--space-args", default="", help="extra arguments for the space search")
     p.add_argument("--keep", help="folder for the search folders (default: a temporary one)")
     p.add_argument("--tag", help="name of the record (default: the data and budget)")
     p.add_argument("--note", help="a sentence for the record (e.g. that the machine was shared)")
     args = p.parse_args(argv)
-    args.extra = {"compound": args.compound_args.split(), "mnas": args.mnas_args.split()}
+    args.extra = {"compound": args.compound_args.split(), "mnas": args.mnas_args.split(),
+                  "space": args.space_args.split()}
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="archlab-search-"))
     records = []
     for name in args.searches.split(","):
