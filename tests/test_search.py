@@ -5,6 +5,9 @@ reports written, a bound that stops a search early, a rerun that continues it wi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,19 +174,25 @@ def test_compound_search_stopped_by_trials_then_continued(tmp_path, capsys) -> N
     assert (out / "compound.png").stat().st_size > 0 and (out / "step2.csv").read_text().count("\n") == 4
 
 
-def test_compound_search_stopped_by_the_time_limit_resumes(tmp_path, capsys, monkeypatch) -> None:
+def _archlab_json(argv: list[str], **env: str) -> dict:
+    """`python -m archlab ARGV` in its own process (signals of its own, whatever this test process has loaded: a
+    pytest worker that ran ONNX Runtime / OpenVINO in-process crashed here); its --json output."""
+    proc = subprocess.run([sys.executable, "-m", "archlab", *argv], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_compound_search_stopped_by_the_time_limit_resumes(tmp_path) -> None:
     out = tmp_path / "timed"
     argv = ["search", "compound", "--base", TINY_BASE, "--grid", "1.0:1.2:0.2", "--phi", "1", *MICRO, "--out",
             str(out), "--json"]
-    monkeypatch.setenv("ARCHLAB_TEST_HANG_AFTER_STEP", "1")  # the trial waits there until a signal stops it
-    assert main(argv + ["--time-limit", "2s"]) == 0
-    first = json.loads(capsys.readouterr().out)
+    # The trial waits after its first step until a signal stops it: the time limit's.
+    first = _archlab_json(argv + ["--time-limit", "2s"], ARCHLAB_TEST_HANG_AFTER_STEP="1")
     assert first["stopped"] == "time limit (2 s) reached" and first["step1_complete"] is False
     assert [(t["state"], t["failure"]) for t in first["trials"]] == [("FAIL", "interrupted"), ("WAITING", None)]
     assert first["step1"][0]["seeds_done"] == 0 and first["step2"]["rows"] == []
-    monkeypatch.delenv("ARCHLAB_TEST_HANG_AFTER_STEP")
-    assert main(argv) == 0  # resumes the interrupted trial from its checkpoint, then step 2
-    second = json.loads(capsys.readouterr().out)
+    second = _archlab_json(argv)  # resumes the interrupted trial from its checkpoint, then step 2
     assert second["stopped"] is None and second["step1_complete"] and second["step1"][0]["seeds_done"] == 1
     step1 = [t for t in second["trials"] if t["round"] == "step1"]
     assert [t["state"] for t in step1] == ["FAIL", "COMPLETE"] and step1[1]["retry_of"] == step1[0]["number"]
