@@ -77,7 +77,8 @@ def parse_stages(text: str) -> list[MnasStage]:
     for i, (part, b1) in enumerate(zip(parts, MNASNET_B1), start=1):
         m = _STAGE.fullmatch(part)
         if not m:
-            raise ValueError(f"stages: stage {i} {part!r} is not k{{kernel}}e{{expand}}r{{repeats}}[se] (e.g. k5e6r3se)")
+            raise ValueError(f"stages: stage {i} {part!r} is not k{{kernel}}e{{expand}}r{{repeats}}[se] "
+                             "(e.g. k5e6r3se)")
         kernel, expand, repeats = int(m[1]), int(m[2]), int(m[3])
         if kernel not in KERNELS or expand < 1 or repeats < 1:
             raise ValueError(f"stages: stage {i} {part!r}: kernel must be one of {', '.join(map(str, KERNELS))}, "

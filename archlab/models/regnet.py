@@ -8,8 +8,9 @@ the nearest power of ``wm`` times ``w0`` and to a multiple of 8; blocks of equal
 ``create_model("regnet", w0=..., wa=..., wm=..., depth=..., group_width=...)`` builds any point of the space; each
 released model is one row of :data:`REGNET_ROWS`. ``widths=(...)`` with ``depths=(...)`` builds a point of the wider
 AnyNetX space instead (Sec. 3.1: free per-stage widths and depths; one group width and bottleneck ratio shared by
-the stages, as AnyNetX_C), the quantized linear rule's parameters then unused (:func:`anynet_stages`). Layer names follow torchvision (``stem``,
-``trunk_output.blockI.blockI-J.{proj,f.a,f.b,f.se,f.c}``, ``fc``) so its checkpoints load unchanged.
+the stages, as AnyNetX_C), the quantized linear rule's parameters then unused (:func:`anynet_stages`). Layer
+names follow torchvision (``stem``, ``trunk_output.blockI.blockI-J.{proj,f.a,f.b,f.se,f.c}``, ``fc``) so its
+checkpoints load unchanged.
 """
 
 from __future__ import annotations

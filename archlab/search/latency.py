@@ -1,6 +1,7 @@
-"""Latency as a search measures it: batch 1 on one CPU thread (the paper's single phone core),
-archlab's CPU inference form (``fuse(model, onednn=True)``, channels-last), every candidate timed in turns with the others and with an anchor network, repeat after repeat
-(:func:`archlab.bench.bench_row`), so that load from a neighbour on a shared machine hits every candidate alike.
+"""Latency as a search measures it: batch 1 on one CPU thread (the paper's single phone core), in archlab's CPU
+inference form (``fuse(model, onednn=True)``, channels-last), every candidate timed in turns with the others and
+with an anchor network, repeat after repeat (:func:`archlab.bench.bench_row`), so that load from a neighbour on a
+shared machine hits every candidate alike.
 
 Candidates measured in different batches are put on one scale through the anchor: a candidate's latency is the
 median over repeats of its time over the anchor's time *in the same repeat*, times the anchor's median of the first

@@ -81,8 +81,8 @@ def compound_markdown(r: dict[str, Any]) -> str:
              f"`{r['budget']}` ({recipe}) on `{r['data']}`{fraction}; {_machine(r)}; wall time {r['wall_s']:.0f} s."]
     lines += _stopped(r)
     lines += ["", "## Step 1: phi = 1, ranked by validation accuracy", "",
-              "| rank | alpha | beta | gamma | a·b²·g² | model spec | input | params | MACs | val acc (%) | seeds | "
-              "also |", "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+              "| rank | alpha | beta | gamma | a·b²·g² | model spec | input | params | MACs | val acc (%) | seeds "
+              "| also |", "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for row in r["step1"]:
         also = ", ".join(f"({c['alpha']:g}, {c['beta']:g}, {c['gamma']:g})" for c in row["same_as"])
         mark = " (paper)" if row.get("paper") else ""
@@ -179,14 +179,15 @@ def mnas_markdown(r: dict[str, Any]) -> str:
              f"{r['space']['kernel']}, expansion {r['space']['expand']}, layers B1's + {r['space']['layers']}, SE "
              f"on/off; width multiplier {r['space']['width_mult']}. Sampler `{o['sampler']}` (Optuna) in batches of "
              f"{o['batch']}, told {objective}.", "",
-             f"**Latency.** Batch 1 on one thread of this CPU in archlab's inference form (`fuse(model, onednn=True)`, channels-last), "
-             "every model timed in turns with the others and with the anchor "
-             f"`{a['spec']}` ({anchor}), repeat after repeat; the table's figures come from one final session "
-             "holding every finished candidate: 'vs anchor' is the median over repeats of the candidate's time over the "
-             "anchor's in the same repeat (which cancels load that drifts), the latency that ratio times the "
+             "**Latency.** Batch 1 on one thread of this CPU in archlab's inference form "
+             "(`fuse(model, onednn=True)`, channels-last), every model timed in turns with the others and with the "
+             f"anchor `{a['spec']}` ({anchor}), repeat after repeat; the table's figures come from one final session "
+             "holding every finished candidate: 'vs anchor' is the median over repeats of the candidate's time over "
+             "the anchor's in the same repeat (which cancels load that drifts), the latency that ratio times the "
              "anchor's median, [its first-third quartile] likewise. The sampler was told each batch's figures, put "
              "on one scale through the anchor.", "",
-             f"**Run.** budget `{r['budget']}` ({recipe}), {r['seeds']} seed(s) per candidate, input {r['input_size']}px"
+             f"**Run.** budget `{r['budget']}` ({recipe}), {r['seeds']} seed(s) per candidate, input "
+             f"{r['input_size']}px"
              f" on `{r['data']}`{fraction}; trials: {r['counts']}; {_machine(r)}; wall time {r['wall_s']:.0f} s.",
              "", "**A small proxy task is not ImageNet, and this CPU is not a Pixel phone**: the front says which "
              "designs of this space are fast here and learn this data in this budget."]
@@ -258,7 +259,8 @@ def space_markdown(r: dict[str, Any]) -> str:
             pv = "-" if k.get("p_value") is None else f"{k['p_value']:.3g}"
             lines.append(f"| {k['a']} vs {k['b']} | {d} | {pv} |")
     lines += ["", "![error EDFs](edf.png)", "", "## Every model", "",
-              "| model | model spec | params | MACs | tries | val error (%) | seeds |", "|---|---|---:|---:|---:|---:|---:|"]
+              "| model | model spec | params | MACs | tries | val error (%) | seeds |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for m in r["models"]:
         lines.append(f"| {m['label']} | `{m['spec']}` | {count(m['params'])} | {count(m['macs'])} | {m['tries']} | "
                      f"{_err(m['val_error'])} | {m['seeds_done']}/{m['seeds']} |")

@@ -310,7 +310,8 @@ def run_space(o: SpaceOptions, settings: SearchSettings, out: Path,
             a = by_label[f"{s.name}-{smp.index:03d}"]
             err = a.get("val_error_mean")
             rows.append({"label": a["label"], "space": s.name, "spec": smp.spec, "params": smp.params,
-                         "macs": smp.macs, "tries": smp.tries, "val_error": err, "val_error_std": a.get("val_error_std"),
+                         "macs": smp.macs, "tries": smp.tries, "val_error": err,
+                         "val_error_std": a.get("val_error_std"),
                          "seeds_done": a["seeds_done"], "seeds": a["seeds"]})
             if err is not None:
                 errors[s.name].append(err)
