@@ -315,7 +315,10 @@ def plot_study_curves(arms: Sequence[dict[str, Any]], title: str, path: Path) ->
     for ax, key in zip(axes, ("train_error", "val_error")):
         ax.set(xlabel="epoch", ylabel=_METRIC_LABELS[key], title=_METRIC_LABELS[key].split(" (")[0])
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    if axes[1].get_lines():
+        axes[1].legend(fontsize=8)
+    else:  # no trial finished an epoch yet (or every one failed): say so instead of an empty legend's warning
+        axes[1].text(0.5, 0.5, "no finished epoch yet", ha="center", va="center", transform=axes[1].transAxes)
     fig.suptitle(title + " (line: mean over seeds; band: lowest to highest seed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)

@@ -102,6 +102,39 @@ def test_builtin_studies_are_valid_tables_whose_arms_build() -> None:
     assert get_study("degradation").budgets["paper"]["epochs"] == 164
 
 
+def test_paper_budget_trials_get_the_papers_recipe() -> None:
+    from archlab.studies.plan import plan_trials
+    from archlab.train.recipe import resolve_config
+
+    # ResNet's CIFAR recipe (arXiv:1512.03385 Sec. 4.2) for every study but cardinality, which has ResNeXt's (arXiv:
+    # 1611.05431 Sec. 5.3: 300 epochs, weight decay 5e-4); SGD with momentum 0.9, batch 128, lr 0.1 stepped.
+    for study in STUDIES.values():
+        if study.kind != "train":
+            continue
+        plans = plan_trials(study, Settings(budget="paper", data="fashion-mnist"))
+        assert len(plans) == len(study.arms_at("paper")) * len(study.seeds)
+        epochs, decay = (300, 5e-4) if study.name == "cardinality" else (164, 1e-4)
+        for plan in plans:
+            cfg = resolve_config(dict(plan.config), "unused")
+            assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.sched, cfg.weight_decay, cfg.momentum) == (
+                epochs, 128, 0.1, "step", decay, 0.9), (study.name, plan.key)
+    labels = {p.arm for p in plan_trials(get_study("degradation"), Settings(budget="paper"))}
+    assert {"plain-110", "ResNet-110"} <= labels  # the 110-layer arms run at the paper budget only
+
+
+def test_paper_budget_runs_end_to_end(tmp_path, capsys) -> None:
+    """Every arm of degradation at the paper budget, the 110-layer nets included, cut to one epoch and one seed."""
+    data = tiny_idx_folder(tmp_path / "fm300", train=300, test=20)  # batch 128 needs more than 128 images
+    code, stdout, err = run_cli(capsys, "study", "degradation", "--budget", "paper", "--epochs", "1", "--seeds", "1",
+                                "--data", str(data), "--out", str(tmp_path / "paper"), "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["progress"]["done"] == 6 and not result["progress"]["failed"]
+    config = json.loads((tmp_path / "paper" / "trials" / "ResNet-110" / "seed0" / "config.json").read_text())
+    assert (config["model"], config["lr"], config["sched"], config["batch_size"]) == ("cifar_resnet110", 0.1,
+                                                                                       "step", 128)
+
+
 def test_speed_rows_keep_the_multiply_adds_of_their_table() -> None:
     from archlab.analysis import profile
 
