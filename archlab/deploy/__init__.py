@@ -4,6 +4,7 @@
 - :mod:`~archlab.deploy.fold`: BatchNorm folded into the conv before it (exact on every registered model).
 - :mod:`~archlab.deploy.onednn`: on CPU, each conv run with its activation / residual add as one oneDNN primitive.
 - :mod:`~archlab.deploy.form`: :func:`fuse`, the two above as one call, in fp32 or bf16.
+- :mod:`~archlab.deploy.memory`: freed memory kept for reuse (glibc), so a forward pass reuses its pages.
 - :mod:`~archlab.deploy.precision`: fp32 / bf16, and whether this CPU computes bf16 natively.
 - :mod:`~archlab.deploy.export`: ONNX, torch.export (``.pt2``) and OpenVINO IR files, checked by running them.
 - :mod:`~archlab.deploy.runtimes`: the model made ready in eager, fused, compile, ONNX Runtime or OpenVINO.
@@ -12,5 +13,6 @@
 
 from archlab.deploy.fold import FuseSummary, fold_bn_into_conv
 from archlab.deploy.form import fuse
+from archlab.deploy.memory import keep_freed_memory
 
-__all__ = ["FuseSummary", "fold_bn_into_conv", "fuse"]
+__all__ = ["FuseSummary", "fold_bn_into_conv", "fuse", "keep_freed_memory"]

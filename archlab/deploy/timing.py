@@ -24,6 +24,11 @@ from typing import Any, Callable
 import torch
 
 from archlab.bench import Contender, build_named, summarize
+from archlab.deploy.memory import keep_freed_memory
+
+# In the fused runtime's own process, freed memory is kept for reuse (archlab.deploy.memory: as ONNX Runtime's and
+# OpenVINO's arenas do); this variable set to 0 in a pair's environment times it without (a benchmark's A/B).
+KEEP_MEMORY_VAR = "ARCHLAB_KEEP_FREED_MEMORY"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class RuntimeJob:
     spinning: bool
     seed: int = 0
     env: tuple[tuple[str, str], ...] = ()  # environment variables of its process (e.g. OpenMP's wait policy)
+    keep_memory: bool = False  # call keep_freed_memory() first (the fused runtime in a process of its own)
 
 
 def runtime_example(batch: int, in_chans: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -58,12 +64,15 @@ class _RuntimeRunner:
         from archlab.deploy.runtimes import prepare
 
         torch.set_num_threads(job.threads)
+        kept = job.keep_memory and keep_freed_memory()
         model = build_named(job.model)
         model.load_state_dict(torch.load(job.state_path, weights_only=True))
         model.eval()
         self.x = runtime_example(job.batch, job.in_chans, job.size, job.seed)
         self.prepared = prepare(job.runtime, model, self.x, job.precision, job.device, job.threads, job.onnx_path,
                                 job.spinning)
+        if kept:
+            self.prepared.detail += ", freed memory kept for reuse (archlab.deploy.keep_freed_memory)"
         del model
         self.device = torch.device(job.device)
         self.output = self.prepared.run(self.x)  # torch.compile compiles here
@@ -225,7 +234,9 @@ def bench_runtimes(name: str, pairs: list[tuple], batch: int, size: int, repeats
             export_onnx(fuse(model), onnx_path, size)
         del model
         jobs = [RuntimeJob(r, p, name, state_path, onnx_path, batch, size, in_chans, device, threads, warmup,
-                           spinning=isolate, env=tuple(sorted(env.items()))) for r, p, env in entries]
+                           spinning=isolate, env=tuple(sorted(env.items())),
+                           keep_memory=isolate and r == "fused" and env.get(KEEP_MEMORY_VAR, "1") != "0")
+                for r, p, env in entries]
         try:
             if isolate:
                 runners = [_ProcessRunner(job, tmp) for job in jobs]  # built in parallel, timed one at a time
