@@ -262,3 +262,16 @@ def test_bf16_digits_script_compares_every_form_with_fp32(tmp_path, bf16_cpu):
     assert by["fp32 eager"]["max_abs_diff"] == 0 and all(r["images"] == 16 for r in rows)
     assert by["fp32 fused (ours)"]["agreement"] == 1.0 and by["fp32 fused (ours)"]["max_abs_diff"] < 1e-4
     assert 0 < by["bf16 fused (ours)"]["max_abs_diff"] < 0.05 * by["fp32 eager"]["logit_scale"]
+
+
+def test_kept_memory_benchmark_script_reports_both_forms_and_faults(tmp_path):
+    out = tmp_path / "kept.md"
+    threads = torch.get_num_threads()
+    try:
+        assert load_script("kept_memory").main(
+            ["--models", "cifar_resnet20", "--batches", "2", "--input", "32", "--repeats", "2", "--warmup", "0",
+             "--rounds", "1", "--threads", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    text = out.read_text()
+    assert "| cifar_resnet20 |" in text and "**ours kept / ORT**" in text and "geometric mean" in text
