@@ -46,11 +46,6 @@ def run_counting(model: nn.Module, x: torch.Tensor, grad: bool = False) -> tuple
 
 
 FUSED_OP = "mkldnn._convolution_pointwise"
-# Models whose own code hands NCHW tensors on from a channels-last input: ShuffleNet V2's channel shuffle is a reshape
-# that copies into the default (NCHW) format, so the convs after it take the plain path (correct, not faster).
-NCHW_INSIDE = ("shufflenet_v2",)
-
-
 def convs(model: nn.Module) -> list[nn.Conv2d]:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
@@ -70,10 +65,8 @@ def test_onednn_form_matches_eval_model_on_every_family(name):
     # Every 2-d conv the model runs at eval now runs as the fused oneDNN primitive, none as a plain conv (counted
     # as run: GoogLeNet's and Inception-v3's auxiliary heads hold convs that only training runs).
     n_convs = ref_ops["aten.convolution"]
-    if name.startswith(NCHW_INSIDE):
-        assert ops[FUSED_OP] + ops["aten.convolution"] == n_convs and ops[FUSED_OP] > 0
-    else:
-        assert ops[FUSED_OP] == n_convs and ops["aten.convolution"] == 0
+    # (ShuffleNet V2's channel shuffle included: it keeps the channels-last layout for the convs after it.)
+    assert ops[FUSED_OP] == n_convs and ops["aten.convolution"] == 0
     assert all(isinstance(m, FusedConv2d) for m in convs(fast))
     assert not any(p.requires_grad for p in fast.parameters())
 

@@ -171,3 +171,10 @@ def test_fuse_gives_the_same_outputs(name: str) -> None:
     summary = fused.fuse_summary
     assert not summary.kept_norms and not summary.untraced  # the shuffle and split trace: every BN is folded
     assert len(summary.folded) == (0 if name.startswith("squeeze") else 56)
+
+
+def test_channel_shuffle_keeps_the_memory_layout() -> None:
+    x = torch.randn(2, 12, 5, 5)
+    nhwc = channel_shuffle(x.contiguous(memory_format=torch.channels_last), 3)
+    assert torch.equal(nhwc, channel_shuffle(x, 3))
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and channel_shuffle(x, 3).is_contiguous()

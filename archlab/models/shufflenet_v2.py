@@ -36,10 +36,16 @@ SHUFFLENET_V2_WIDTHS: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
+@torch.fx.wrap  # one node in an fx graph: its body reads the memory layout, which a traced Proxy cannot
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Interleave ``groups`` channel groups (ShuffleNet, arXiv:1707.01083, Figure 1c): channels in the order
-    g0[0], g1[0], ..., g0[1], g1[1], ... — a reshape to (groups, C / groups), a transpose, a flatten. Written
-    without reading the shape, so that torch.fx can trace it (:mod:`archlab.deploy` folds and fuses through it)."""
+    g0[0], g1[0], ..., g0[1], g1[1], ... — a reshape to (groups, C / groups), a transpose, a flatten.
+
+    The result keeps the input's memory layout: a channels-last input is shuffled as (N, H, W, C), so that the
+    copy comes out channels-last and the convolutions after it stay on their channels-last kernels (the NCHW form
+    of the same shuffle would hand every following conv an NCHW tensor)."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return x.permute(0, 2, 3, 1).unflatten(3, (groups, -1)).transpose(3, 4).flatten(3, 4).permute(0, 3, 1, 2)
     return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
