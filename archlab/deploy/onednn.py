@@ -122,9 +122,18 @@ class FusedConv2d(nn.Conv2d):
         return True
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        if self._is_matrix_product(x):
+            return self.weight.detach().flatten(1)  # a 2-d view: forward runs F.linear
         # oneDNN picks the blocked weight layout for an input shape: packed once per shape (and weight change).
         return torch._C._nn.mkldnn_reorder_conv2d_weight(
             self.weight.detach().to_mkldnn(), *self._geometry, self.groups, list(x.shape))
+
+    def _is_matrix_product(self, x: torch.Tensor) -> bool:
+        """A 1x1 conv on a 1x1 map (squeeze-excitation's two convs): a matrix product, which F.linear runs in
+        about a fifth of the time of the fused primitive, whose fixed setup cost (~20 us a call) is then all its
+        time (measured on a 480 -> 120 SE conv at batch 1: 6 us against 29 us, plain conv 9 us)."""
+        return (x.shape[2] == x.shape[3] == 1 and self.kernel_size == (1, 1) and self.stride == (1, 1)
+                and self.padding == (0, 0) and self.groups == 1)
 
     def _call_weight(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor | None:
         """The prepacked weight when this call takes the fused path, else None. What :meth:`_use_onednn` decides
@@ -160,6 +169,11 @@ class FusedConv2d(nn.Conv2d):
             x = x.contiguous(memory_format=torch.channels_last)
             w = self._call_weight(x, residual)
         if w is not None:
+            if w.dim() == 2:  # see _is_matrix_product
+                y = F.linear(x.flatten(1), w, self.bias).view(x.shape[0], -1, 1, 1)
+                if residual is not None:
+                    y = y + residual
+                return self.act(y) if self.act is not None else y
             if residual is None:
                 return torch.ops.mkldnn._convolution_pointwise(
                     x, w, self.bias, *self._geometry, self.groups, self.post_op, self.post_op_scalars, None)
