@@ -137,6 +137,8 @@ def list_models(pattern: str = "*") -> list[str]:
     pattern = pattern.lower()  # every registered name is lower case
 
     def natural(s: str) -> list[Any]:
+        # A cost in the name sorts by its value: RegNet's 400mf, 800mf, 1_6gf (1.6 GF), ..., 128gf.
+        s = re.sub(r"(\d+)(?:_(\d+))?gf$", lambda m: f"{int(m[1]) * 1000 + int(m[2] or 0) * 100}mf", s)
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
     return sorted((n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)), key=natural)

@@ -212,6 +212,10 @@ def test_list_models_pattern() -> None:
     assert archlab.list_models("vgg1[16]") == ["vgg11", "vgg16"]
     assert archlab.list_models("no-such-*") == []
     assert "vgg16_bn" in archlab.list_models("*_bn")
+    # Natural order: resnet18 before resnet101, and RegNet's sizes by value (400MF before 1.6GF before 128GF).
+    assert archlab.list_models("resnet1*") == ["resnet18", "resnet101", "resnet152"]
+    assert archlab.list_models("regnet_y_*") == ["regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf",
+                                                 "regnet_y_8gf", "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf"]
 
 
 def test_list_models_ignores_case_and_refuses_a_non_string() -> None:
