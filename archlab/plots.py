@@ -159,6 +159,15 @@ def plot_bench(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
     def speed(r: dict[str, Any], key: str) -> float:
         return r["batch"] * 1e3 / r[key]
 
+    # Rows of `bench --runtime` carry their runtime: archlab's own is the fused form, the others are peers.
+    runtimes = any("runtime" in r for r in rows)
+
+    def is_ours(r: dict[str, Any]) -> bool:
+        return r["impl"] == "ours" or r.get("runtime") == "fused"
+
+    def name_of(r: dict[str, Any]) -> str:
+        return "archlab" if r["impl"] == "ours" else r["impl"] if runtimes else r["impl"].split(":")[0]
+
     if len(batches) > 1:
         for model in models:
             for impl in dict.fromkeys(r["impl"] for r in rows if r["model"] == model):
@@ -166,31 +175,32 @@ def plot_bench(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
                 ys = [r["images_per_s"] for r in line]
                 err = [[y - speed(r, "q3_ms") for y, r in zip(ys, line)],
                        [speed(r, "q1_ms") - y for y, r in zip(ys, line)]]
-                ours = impl == "ours"
+                ours = is_ours(line[0])
                 ax.errorbar([r["batch"] for r in line], ys, yerr=err, color=colours[model], capsize=2,
                             marker="o" if ours else "s", ls="-" if ours else "--",
-                            label=f"{model} ({'archlab' if ours else impl})")
+                            label=f"{model} ({name_of(line[0])})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_xlabel("batch size")
     else:
-        impls = list(dict.fromkeys(r["impl"] if r["impl"] == "ours" else "reference" for r in rows))
+        everyone_ours = all(is_ours(r) for r in rows)
         width = 0.8 / max(1, max(sum(r["model"] == m for r in rows) for m in models))
         for i, model in enumerate(models):
             mine = [r for r in rows if r["model"] == model]
             for j, r in enumerate(mine):
                 y = r["images_per_s"]
-                ours = r["impl"] == "ours"
+                ours = is_ours(r)
                 ax.bar(i + (j - (len(mine) - 1) / 2) * width, y, width * 0.95, color=colours[model],
                        alpha=1.0 if ours else 0.45, hatch=None if ours else "//", edgecolor="black",
                        yerr=[[y - speed(r, "q3_ms")], [speed(r, "q1_ms") - y]], capsize=2)
                 # Inside the bar, from its foot: the implementation's library (its model name is the group's).
-                ax.annotate("archlab" if ours else r["impl"].split(":")[0], (i + (j - (len(mine) - 1) / 2) * width, 0),
+                ax.annotate(name_of(r), (i + (j - (len(mine) - 1) / 2) * width, 0),
                             xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=8,
                             rotation=90)
         ax.set_xticks(range(len(models)), models, rotation=20, ha="right")
-        ax.set_xlabel(f"batch {batches[0]}" + ("" if impls == ["ours"] else "; hatched: the reference implementation"))
+        peers = "the other runtimes" if runtimes else "the reference implementation"
+        ax.set_xlabel(f"batch {batches[0]}" + ("" if everyone_ours else f"; hatched: {peers}"))
     ax.set_ylabel("images / s (median; bars: interquartile range)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
