@@ -111,7 +111,22 @@ def scale(table: EfficientNetTable, width_mult: float, depth_mult: float) -> Eff
     return EfficientNetTable(stem=width(table.stem), stages=stages, head=width(table.head))
 
 
-class MBConv(nn.Module):
+class ResidualMBBlock(nn.Module):
+    """What MBConv and EfficientNetV2's Fused-MBConv share: a ``block`` (their layers in order), added to the
+    input with stochastic depth where the shapes allow it (stride 1, same width)."""
+
+    def _finish(self, layers: list[nn.Module], in_chs: int, out_chs: int, stride: int, drop_path: float) -> None:
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_chs == out_chs
+        self.drop_path = DropPath(drop_path) if self.use_residual else nn.Identity()
+        self.out_channels = out_chs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return residual_add(out, x, self.drop_path) if self.use_residual else out
+
+
+class MBConv(ResidualMBBlock):
     """Mobile inverted bottleneck (MobileNetV2, arXiv:1801.04381) with squeeze-excitation (arXiv:1709.01507).
 
     expand 1x1 -> depthwise kxk -> SE -> linear 1x1 projection, SiLU after the first two; ``block`` holds these in
@@ -140,14 +155,7 @@ class MBConv(nn.Module):
             SqueezeExcite(hidden, max(1, int(in_chs * SE_RATIO)), act="silu"),
             ConvNormAct(hidden, out_chs, 1, act=None, **norm),  # linear: no activation on the bottleneck
         ]
-        self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and in_chs == out_chs
-        self.drop_path = DropPath(drop_path) if self.use_residual else nn.Identity()
-        self.out_channels = out_chs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        return residual_add(out, x, self.drop_path) if self.use_residual else out
+        self._finish(layers, in_chs, out_chs, stride, drop_path)
 
 
 def mbconv_body(table: Any, in_chans: int, drop_path_rate: float, norm: dict[str, float],

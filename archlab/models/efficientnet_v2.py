@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import nn
 
-from archlab.layers import ConvNormAct, DropPath, init_weights, residual_add
+from archlab.layers import ConvNormAct, init_weights
 from archlab.models.base import PooledClassifierNet, linear_or_identity
-from archlab.models.efficientnet import MBConv, mbconv_body
+from archlab.models.efficientnet import MBConv, ResidualMBBlock, mbconv_body
 from archlab.registry import ModelCard, register
 
 BN_ARGS = dict(bn_eps=1e-3, bn_momentum=0.1)
@@ -91,7 +90,7 @@ V2_L = V2Table(
 TABLES = {"s": V2_S, "m": V2_M, "l": V2_L}
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(ResidualMBBlock):
     """Fused-MBConv (paper Fig. 2): a regular kxk conv (carrying the stride) expands and filters at once, SiLU, then
     a linear 1x1 projection; with expand 1 the kxk conv maps straight to the output width (and keeps its SiLU). No
     squeeze-excitation. The residual (with stochastic depth) is used when shapes allow it."""
@@ -110,14 +109,7 @@ class FusedMBConv(nn.Module):
             ]
         else:
             layers = [ConvNormAct(in_chs, out_chs, kernel, stride, act="silu", **norm)]
-        self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and in_chs == out_chs
-        self.drop_path = DropPath(drop_path) if self.use_residual else nn.Identity()
-        self.out_channels = out_chs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        return residual_add(out, x, self.drop_path) if self.use_residual else out
+        self._finish(layers, in_chs, out_chs, stride, drop_path)
 
 
 class EfficientNetV2(PooledClassifierNet):
