@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                                  threads=args.threads, rounds=args.rounds)
             timing = run.timing
             without, kept, ort = run.rows
-            assert without["env"] and not kept["env"] and "kept" in kept["detail"]
+            assert without["env"] and not kept["env"]
+            assert "kept" in kept["detail"] and "kept" not in without["detail"]
             f_without = faults_per_forward(name, batch, args.input, keep=False)
             f_kept = faults_per_forward(name, batch, args.input, keep=True)
             gain = kept["images_per_s"] / without["images_per_s"]

@@ -27,8 +27,9 @@ pytest.importorskip("psycopg2")
 
 
 def _server_bin(name: str) -> str | None:
-    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found if isinstance(found, str) else (found[-1] if found else None)
+    """On PATH, else Debian's newest /usr/lib/postgresql/VERSION/bin (not on PATH there)."""
+    installed = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return shutil.which(name) or (installed[-1] if installed else None)
 
 
 @pytest.fixture(scope="module")

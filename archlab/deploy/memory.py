@@ -5,8 +5,9 @@ Why. PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves a 
 ``free``, and it trims the top of its heap once more than twice that threshold is free there. An eager forward
 pass allocates every activation anew and frees it a layer later, so at batch 8 the big activations (a ResNet-50
 stem output is 25.7 MB, MobileNetV2's first expansion 38.5 MB) go back to the kernel every forward and come back
-as fresh pages, each zeroed by the kernel at its first touch: measured here, 17,000-30,000 page faults per
-ResNet-50 forward at batch 8 (tests/test_deploy_memory.py counts them). ONNX Runtime and OpenVINO keep an arena;
+as fresh pages, each zeroed by the kernel at its first touch: measured here, 12,000-30,000 page faults per
+forward at batch 8 for ResNet-50, ResNeXt-50, MobileNetV2 and EfficientNet-B0 (benchmarks/kept_memory.py;
+tests/test_deploy_memory.py counts them on ResNet-18). ONNX Runtime and OpenVINO keep an arena;
 torch.compile's generated code reuses its buffers (about 300 faults per forward). :func:`keep_freed_memory` makes
 glibc keep what is freed (no trimming, no per-block mmap), so the next forward reuses the same pages.
 

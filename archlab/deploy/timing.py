@@ -27,7 +27,8 @@ from archlab.bench import Contender, build_named, summarize
 from archlab.deploy.memory import keep_freed_memory
 
 # In the fused runtime's own process, freed memory is kept for reuse (archlab.deploy.memory: as ONNX Runtime's and
-# OpenVINO's arenas do); this variable set to 0 in a pair's environment times it without (a benchmark's A/B).
+# OpenVINO's arenas do), unless this variable is 0 in that process's environment (the caller's, or a pair's own:
+# a benchmark's A/B).
 KEEP_MEMORY_VAR = "ARCHLAB_KEEP_FREED_MEMORY"
 # Between two blocks of runtimes in their own processes, the cores are left idle this long: a runtime's pool keeps
 # spinning after its last call (ONNX Runtime's for tens of ms), and the untimed step that starts each block did not
@@ -54,7 +55,7 @@ class RuntimeJob:
     spinning: bool
     seed: int = 0
     env: tuple[tuple[str, str], ...] = ()  # environment variables of its process (e.g. OpenMP's wait policy)
-    keep_memory: bool = False  # call keep_freed_memory() first (the fused runtime in a process of its own)
+    keep_memory: bool = False  # call keep_freed_memory() first, unless KEEP_MEMORY_VAR=0 (a process of its own)
 
 
 def runtime_example(batch: int, in_chans: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -69,7 +70,7 @@ class _RuntimeRunner:
         from archlab.deploy.runtimes import prepare
 
         torch.set_num_threads(job.threads)
-        kept = job.keep_memory and keep_freed_memory()
+        kept = job.keep_memory and os.environ.get(KEEP_MEMORY_VAR, "1") != "0" and keep_freed_memory()
         model = build_named(job.model)
         model.load_state_dict(torch.load(job.state_path, weights_only=True))
         model.eval()
@@ -240,7 +241,7 @@ def bench_runtimes(name: str, pairs: list[tuple], batch: int, size: int, repeats
         del model
         jobs = [RuntimeJob(r, p, name, state_path, onnx_path, batch, size, in_chans, device, threads, warmup,
                            spinning=isolate, env=tuple(sorted(env.items())),
-                           keep_memory=isolate and r == "fused" and env.get(KEEP_MEMORY_VAR, "1") != "0")
+                           keep_memory=isolate and r == "fused")
                 for r, p, env in entries]
         try:
             if isolate:
