@@ -275,3 +275,14 @@ def test_kept_memory_benchmark_script_reports_both_forms_and_faults(tmp_path):
         torch.set_num_threads(threads)
     text = out.read_text()
     assert "| cifar_resnet20 |" in text and "**ours kept / ORT**" in text and "geometric mean" in text
+
+
+def test_per_call_costs_script_reports_its_three_tables(tmp_path):
+    out = tmp_path / "calls.md"
+    threads = torch.get_num_threads()
+    try:
+        assert load_script("per_call_costs").main(["--blocks", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    text = out.read_text()
+    assert "| 480 -> 120, ReLU |" in text and "| 1280 -> 1000 | 8 |" in text and "paired blocks" in text

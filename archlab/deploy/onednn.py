@@ -129,9 +129,10 @@ class FusedConv2d(nn.Conv2d):
             self.weight.detach().to_mkldnn(), *self._geometry, self.groups, list(x.shape))
 
     def _is_matrix_product(self, x: torch.Tensor) -> bool:
-        """A 1x1 conv on a 1x1 map (squeeze-excitation's two convs): a matrix product, which F.linear runs in
-        about a fifth of the time of the fused primitive, whose fixed setup cost (~20 us a call) is then all its
-        time (measured on a 480 -> 120 SE conv at batch 1: 6 us against 29 us, plain conv 9 us)."""
+        """A 1x1 conv on a 1x1 map (squeeze-excitation's two convs): a matrix product, for which the fused
+        primitive's fixed setup cost (~20 us a call) is most of its time. Measured on a 480 -> 120 SE conv with
+        ReLU at batch 1 (benchmarks/per_call_costs.py): this module's call, F.linear then the activation, 13.8 us;
+        the fused primitive alone 26.9 us."""
         return (x.shape[2] == x.shape[3] == 1 and self.kernel_size == (1, 1) and self.stride == (1, 1)
                 and self.padding == (0, 0) and self.groups == 1)
 
