@@ -270,6 +270,17 @@ def test_a_storage_url_holds_the_study_and_show_finds_it(tmp_path, data, capsys)
     assert code == 0 and json.loads(shown)["progress"]["done"] == 1
 
 
+def test_a_storage_url_whose_driver_is_missing_names_the_module(tmp_path, capsys) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("MySQLdb is installed here: the URL's driver is not missing")
+    code, _, err = run_cli(capsys, "study", "degradation", "--storage", "mysql://u@localhost/db", "--out",
+                           str(tmp_path / "o"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot open the study storage" in err and "No module named 'MySQLdb'" in err
+
+
 def test_a_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path, data, capsys) -> None:
     path = study_file(tmp_path, micro_toml([("res", TINY_RES, ""), ("wild", TINY_RES, "{ lr = 1e30 }")]))
     out = tmp_path / "diverged"

@@ -83,3 +83,4 @@ def test_two_machines_share_one_postgres_study_and_run_every_trial_once(tmp_path
     assert [t.state.name for t in trials(machines[0])] == ["COMPLETE"] * 6
     assert max(r["progress"]["done"] for r in results) == 6
     assert all(not r["missing"] for r in results if r["progress"]["done"] == 6)
+

@@ -48,6 +48,10 @@ def open_storage(url: str, heartbeat_s: int, grace_s: int, on_stale: Callable[..
                               grace_period=grace_s, heartbeat_stale_trial_callback=on_stale)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds; the user fixes the URL
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(exc, ImportError) and isinstance(cause, ImportError):
+            hint = "; name the installed driver: postgresql+psycopg2://..." if url.startswith("postgresql:") else ""
+            message += f" ({cause}{hint})"
         raise StudyError(f"cannot open the study storage {url!r}: {message}") from None
 
 
