@@ -34,25 +34,46 @@ HOST = socket.gethostname()
 STUDY_FILE = "study.json"  # the folder's pointer to its storage and settings, for `archlab study show`
 
 
+# Tries to open a storage whose schema another worker may be creating at the same moment (see open_storage).
+SCHEMA_ATTEMPTS = 5
+
+
 def open_storage(url: str, heartbeat_s: int, grace_s: int, on_stale: Callable[..., None]) -> Any:
     """An Optuna RDB storage with heartbeats; a URL that cannot be opened is a one-line StudyError."""
     import optuna
     from optuna.storages import RDBStorage
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-                              grace_period=grace_s, heartbeat_stale_trial_callback=on_stale)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds; the user fixes the URL
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(exc, ImportError) and isinstance(cause, ImportError):
-            hint = "; name the installed driver: postgresql+psycopg2://..." if url.startswith("postgresql:") else ""
-            message += f" ({cause}{hint})"
-        raise StudyError(f"cannot open the study storage {url!r}: {message}") from None
+    attempt = 0
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                                  grace_period=grace_s, heartbeat_stale_trial_callback=on_stale)
+        except (IntegrityError, ProgrammingError) as exc:
+            # Optuna creates its tables when they are missing, and two workers starting at once on a fresh
+            # PostgreSQL database both try (seen in tests/test_study_postgres.py: "duplicate key value violates
+            # unique constraint pg_type_typname_nsp_index"); the one that lost finds them there on its next try.
+            attempt += 1
+            if attempt == SCHEMA_ATTEMPTS:
+                raise _storage_error(url, exc) from None
+            time.sleep(0.2 * attempt)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds; the user fixes the URL
+            raise _storage_error(url, exc) from None
+
+
+def _storage_error(url: str, exc: BaseException) -> StudyError:
+    """The one-line error for a storage URL that cannot be opened: the first line of the cause, and for a missing
+    database driver the module that is missing."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, ImportError) and isinstance(cause, ImportError):
+        hint = "; name the installed driver: postgresql+psycopg2://..." if url.startswith("postgresql:") else ""
+        message += f" ({cause}{hint})"
+    return StudyError(f"cannot open the study storage {url!r}: {message}")
 
 
 def _pid_alive(pid: int) -> bool:
