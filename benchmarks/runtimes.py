@@ -1,7 +1,8 @@
 """archlab's PyTorch inference form against ONNX Runtime and OpenVINO, fp32 and bf16, with the machine's GEMM rates.
 
-Each model (random weights, the same in every runtime) runs in ``fuse(model, onednn=True)`` (ours, channels-last),
-ONNX Runtime and OpenVINO (both from the BatchNorm-folded ONNX file), and in bf16 ours and OpenVINO's, each
+Each model (random weights, the same in every runtime) runs in ``fuse(model, onednn=True)`` (ours, channels-last:
+the oneDNN Graph form), in ``fuse(model, onednn=True, graph=False)`` (ours module by module: what the graph step is
+worth), ONNX Runtime and OpenVINO (both from the BatchNorm-folded ONNX file), and in bf16 ours and OpenVINO's, each
 runtime in its own process, the runtimes' blocks of timed steps alternated (:func:`archlab.deploy.timing.
 bench_runtimes`); medians. Ratios are ours over theirs in images/s (> 1: ours faster), geometric means over the
 models. The same run measures this machine's fp32 and bf16 ``torch.mm`` rates and its copy bandwidth, and prints
@@ -45,7 +46,6 @@ from archlab.deploy.precision import native_bf16
 from archlab.deploy.runtimes import check_runtimes
 from archlab.deploy.timing import bench_runtimes
 
-PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 MODELS = ["resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
 
 
@@ -166,7 +166,8 @@ class OursProfiled:
     forward and returns (ms per conv kind, wall ms)."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
-        self.form = fuse(model, onednn=True).to(memory_format=torch.channels_last)
+        # The module-by-module form (hooks on its convs would keep the graph form from applying anyway).
+        self.form = fuse(model, onednn=True, graph=False).to(memory_format=torch.channels_last)
         self.x = x.contiguous(memory_format=torch.channels_last)
         self.spent: dict[str, float] = defaultdict(float)
         starts: dict[int, float] = {}
@@ -293,11 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         return run_profile(args)
     bf16 = not args.no_bf16 and native_bf16()
-    pairs: list[tuple] = check_runtimes(["fused", "onnxruntime", "openvino"], ["fp32", "bf16"] if bf16 else ["fp32"])
-    if not args.same_process:  # ours again with OpenMP's threads sleeping at barriers instead of spinning
-        pairs.append(("fused", "fp32", PASSIVE))
-        if bf16:
-            pairs.append(("fused", "bf16", PASSIVE))
+    # Ours (the oneDNN Graph form), ours module by module (what the graph step is worth), ONNX Runtime, OpenVINO.
+    pairs: list[tuple] = check_runtimes(["fused", "fused-modules", "onnxruntime", "openvino"],
+                                        ["fp32", "bf16"] if bf16 else ["fp32"])
     load_start = os.getloadavg()
     gemm = {"fp32": [], "bf16": []}
     onednn = {"fp32": [], "bf16": []}
@@ -320,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             run = bench_runtimes(name, pairs, batch, args.input, repeats=args.repeats, warmup=args.warmup,
                                  threads=args.threads, isolate=not args.same_process, rounds=args.rounds,
                                  weights=trained_like_norms)
-            results[(name, batch)] = {(r["runtime"], r["precision"]) + (("passive",) if r["env"] else ()): r
-                                      for r in run.rows}
+            results[(name, batch)] = {(r["runtime"], r["precision"]): r for r in run.rows}
             timing = run.timing
     # The roof: the best GEMM rate seen, torch.mm's or oneDNN's (what the cores can do when not shared).
     rate = {k: max(v + onednn[k]) for k, v in gemm.items() if v}
@@ -361,14 +359,11 @@ def report_header(args, argv, timing, gemm, onednn, bandwidth, load_start, bf16)
 
 
 def speed_table(models, batch, results, bf16) -> list[str]:
-    passive = any(("fused", "fp32", "passive") in results[(m, batch)] for m in models)
-    head = ["model", "ours fp32 ms", "ORT ms", "OpenVINO ms", "**ours / ORT**", "ours / OpenVINO"]
-    if passive:
-        head += ["ours fp32, OMP passive ms", "**ours passive / ORT**"]
-        if bf16:
-            head += ["ours bf16, OMP passive ms", "passive: ours bf16 / fp32"]
+    head = ["model", "ours fp32 ms", "ORT ms", "OpenVINO ms", "**ours / ORT**", "ours / OpenVINO",
+            "ours module by module ms", "graph step (modules / graph)"]
     if bf16:
-        head += ["ours bf16 ms", "OpenVINO bf16 ms", "ours bf16 / fp32", "ours bf16 / OpenVINO bf16"]
+        head += ["ours bf16 ms", "OpenVINO bf16 ms", "ours bf16 / fp32", "ours bf16 / OpenVINO bf16",
+                 "graph step, bf16"]
     head += ["max abs diff from fp32 eager: ours, ORT, OV, ours bf16, OV bf16 (logits up to)"]
     lines = [f"### batch {batch}: median ms per batch, speed ratios", "", "| " + " | ".join(head) + " |",
              "|---|" + "---:|" * (len(head) - 2) + "---|"]
@@ -376,57 +371,45 @@ def speed_table(models, batch, results, bf16) -> list[str]:
     for name in models:
         r = results[(name, batch)]
         ours, ort_, ov = r[("fused", "fp32")], r[("onnxruntime", "fp32")], r[("openvino", "fp32")]
-        row = [name, f"{ours['median_ms']:.1f}", f"{ort_['median_ms']:.1f}", f"{ov['median_ms']:.1f}"]
-        pairs = [("vs ORT", ort_["median_ms"] / ours["median_ms"]), ("vs OV", ov["median_ms"] / ours["median_ms"])]
+        modules = r[("fused-modules", "fp32")]
+        pairs = [("vs ORT", ort_["median_ms"] / ours["median_ms"]), ("vs OV", ov["median_ms"] / ours["median_ms"]),
+                 ("graph step", modules["median_ms"] / ours["median_ms"])]
+        cells = [name, f"{ours['median_ms']:.1f}", f"{ort_['median_ms']:.1f}", f"{ov['median_ms']:.1f}",
+                 f"{pairs[0][1]:.2f}", f"{pairs[1][1]:.2f}", f"{modules['median_ms']:.1f}", f"{pairs[2][1]:.2f}"]
         if bf16:
-            ob, vb = r[("fused", "bf16")], r[("openvino", "bf16")]
+            ob, vb, mb = r[("fused", "bf16")], r[("openvino", "bf16")], r[("fused-modules", "bf16")]
             pairs += [("bf16 gain", ours["median_ms"] / ob["median_ms"]),
-                      ("bf16 vs OV", vb["median_ms"] / ob["median_ms"])]
+                      ("bf16 vs OV", vb["median_ms"] / ob["median_ms"]),
+                      ("graph step bf16", mb["median_ms"] / ob["median_ms"])]
+            cells += [f"{ob['median_ms']:.1f}", f"{vb['median_ms']:.1f}"] + [f"{v:.2f}" for _, v in pairs[3:]]
         for key, v in pairs:
             ratios[key].append(v)
-        cells = row + [f"{pairs[0][1]:.2f}", f"{pairs[1][1]:.2f}"]
-        if passive:
-            op = r[("fused", "fp32", "passive")]
-            ratios["passive vs ORT"].append(ort_["median_ms"] / op["median_ms"])
-            cells += [f"{op['median_ms']:.1f}", f"{ratios['passive vs ORT'][-1]:.2f}"]
-            if bf16:
-                opb = r[("fused", "bf16", "passive")]
-                ratios["passive bf16 gain"].append(op["median_ms"] / opb["median_ms"])
-                cells += [f"{opb['median_ms']:.1f}", f"{ratios['passive bf16 gain'][-1]:.2f}"]
-        if bf16:
-            cells += [f"{ob['median_ms']:.1f}", f"{vb['median_ms']:.1f}", f"{pairs[2][1]:.2f}", f"{pairs[3][1]:.2f}"]
         diffs = [ours, ort_, ov] + ([ob, vb] if bf16 else [])
         cells.append(", ".join(f"{d['max_abs_diff']:.1e}{'' if d['agrees'] else ' DIFFER'}" for d in diffs)
                      + f" ({ours['output_scale']:.1e})")
         lines.append("| " + " | ".join(cells) + " |")
     geo = ["**geometric mean**", "", "", "", f"**{geometric_mean(ratios['vs ORT']):.2f}**",
-           f"{geometric_mean(ratios['vs OV']):.2f}"]
-    if passive:
-        geo += ["", f"**{geometric_mean(ratios['passive vs ORT']):.2f}**"]
-        if bf16:
-            geo += ["", f"{geometric_mean(ratios['passive bf16 gain']):.2f}"]
+           f"{geometric_mean(ratios['vs OV']):.2f}", "", f"{geometric_mean(ratios['graph step']):.2f}"]
     if bf16:
-        geo += ["", "", f"{geometric_mean(ratios['bf16 gain']):.2f}", f"{geometric_mean(ratios['bf16 vs OV']):.2f}"]
+        geo += ["", ""] + [f"{geometric_mean(ratios[k]):.2f}" for k in ("bf16 gain", "bf16 vs OV", "graph step bf16")]
     lines += ["| " + " | ".join(geo + [""]) + " |", ""]
     return lines
 
 
 def flops_table(models, batch, results, macs, layers, rate, bw, bf16) -> list[str]:
     precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
-    passive = any(("fused", "fp32", "passive") in results[(m, batch)] for m in models)
     lines = [f"### batch {batch}: achieved GFLOP/s (2 x MACs x images/s) and share of the best GEMM rate; "
              "roofline bound", "",
              "| model | GMACs/image | " + " | ".join(f"{rt} {p}" for p in precisions
-                                                   for rt in ("ours", "ours passive", "ORT", "OV")
-                                                   if not (rt == "ORT" and p == "bf16")
-                                                   and (rt != "ours passive" or passive))
+                                                   for rt in ("ours", "ours modules", "ORT", "OV")
+                                                   if not (rt == "ORT" and p == "bf16"))
              + " | roofline bound fp32 ms (memory-bound share) | ours fp32 / bound |",
-             "|---|---:|" + "---:|" * ((4 if passive else 3) * len(precisions) - (1 if bf16 else 0)) + "---:|---:|"]
+             "|---|---:|" + "---:|" * (4 * len(precisions) - (1 if bf16 else 0)) + "---:|---:|"]
     for name in models:
         r = results[(name, batch)]
         cells = [name, f"{macs[name] / 1e9:.2f}"]
         for p in precisions:
-            for key in ((("fused", p), ("fused", p, "passive"), ("onnxruntime", p), ("openvino", p))):
+            for key in (("fused", p), ("fused-modules", p), ("onnxruntime", p), ("openvino", p)):
                 if key not in r:
                     continue
                 achieved = 2 * macs[name] * r[key]["images_per_s"]

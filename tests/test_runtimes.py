@@ -137,7 +137,8 @@ def test_each_runtime_in_its_own_process_by_default(capsys):
     assert "each runtime in its own process" in out and "alternated" in out
     rows = table_rows(out)
     assert len(rows) == 2 and all(row.endswith("agree") for row in rows)
-    assert "fused: fuse(onednn=True), channels-last, freed memory kept for reuse" in " ".join(out.split())
+    assert ("fused: fuse(onednn=True), channels-last, compiled by oneDNN Graph, freed memory kept for reuse"
+            in " ".join(out.split()))
 
 
 def test_a_runtime_whose_outputs_disagree_is_marked_not_hidden(monkeypatch, capsys):

@@ -11,17 +11,21 @@ from torch import nn
 
 from archlab.deploy.fold import FuseSummary, fold_batchnorms
 from archlab.deploy.onednn import fuse_conv_epilogues
+from archlab.deploy.onednn_graph import attach as attach_graph
 from archlab.api import require_module
 from archlab.deploy.precision import cast_input, cast_output, check_precision, require_bf16
 
 
-def fuse(model: nn.Module, onednn: bool = False, precision: str = "fp32") -> nn.Module:
+def fuse(model: nn.Module, onednn: bool = False, precision: str = "fp32", graph: bool = True) -> nn.Module:
     """An inference copy of ``model``: every BatchNorm that follows a conv folded into it, dropout and
     drop-path removed. Outputs equal ``model.eval()``'s up to float rounding; ``model`` is not modified.
 
     ``onednn=True`` goes further for CPU inference (:mod:`archlab.deploy.onednn`): each conv is also fused with the
     activation, or the residual add and activation, after it into one oneDNN primitive with a prepacked weight,
     used on channels-last CPU input (elsewhere the same math runs unfused); its parameters no longer require grad.
+    And (``graph=True``, the default) a plain call ``model(x)`` on a CPU tensor without autograd runs the whole
+    model traced and compiled by oneDNN Graph for that input's shape (:mod:`archlab.deploy.onednn_graph`; the first
+    call per shape compiles, 1-2 s), falling back to the module-by-module form wherever that does not apply.
 
     ``precision="bf16"``: the folded weights (folded in float64 from the float32 model) are cast to bfloat16 once,
     and the model computes in bfloat16 (with ``onednn=True``, oneDNN's bf16 convolutions with the same fusions); it
@@ -40,6 +44,8 @@ def fuse(model: nn.Module, onednn: bool = False, precision: str = "fp32") -> nn.
     fold_batchnorms(fused, summary)
     if onednn:
         fuse_conv_epilogues(fused, summary)
+        if graph:
+            attach_graph(fused)
     if precision == "bf16":
         fused.to(torch.bfloat16)  # once: the weights (and prepacked copies, built on first call) stay bf16
         fused.register_forward_pre_hook(cast_input)

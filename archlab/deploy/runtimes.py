@@ -3,8 +3,11 @@ torch.compile, ONNX Runtime and OpenVINO. :func:`prepare` turns a float32 eval m
 in one of them (``Prepared``); :func:`archlab.deploy.timing.bench_runtimes` times them side by side.
 
 - ``eager``: the model as it is (NCHW), in float32 or cast to bfloat16.
-- ``fused``: :func:`archlab.deploy.fuse` (BatchNorm folded; on CPU ``onednn=True``: each conv with its activation /
-  residual add as one oneDNN primitive), channels-last, in float32 or bfloat16 (``precision="bf16"``).
+- ``fused``: :func:`archlab.deploy.fuse` (BatchNorm folded; on CPU ``onednn=True``: the whole model compiled by
+  oneDNN Graph for the input's shape, :mod:`archlab.deploy.onednn_graph`), channels-last, in float32 or bfloat16
+  (``precision="bf16"``).
+- ``fused-modules``: the same without the graph step (``graph=False``): each conv with its activation / residual add
+  as one oneDNN primitive, module by module (:mod:`archlab.deploy.onednn`).
 - ``compile``: ``torch.compile`` (inductor) with freezing, channels-last: weights become constants that inductor
   folds and prepacks. Needs a C++ compiler on CPU.
 - ``onnxruntime``: the BatchNorm-folded model exported to ONNX (:func:`archlab.deploy.export.export_onnx`), run by
@@ -34,9 +37,11 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from archlab.deploy.onednn_graph import graph_forward
 from archlab.deploy.precision import DTYPES, check_precision, require_bf16
 
-RUNTIMES = ("eager", "fused", "compile", "onnxruntime", "openvino")
+RUNTIMES = ("eager", "fused", "fused-modules", "compile", "onnxruntime", "openvino")
+FUSED = ("fused", "fused-modules")  # archlab's inference forms
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # runtime -> the package it needs
 EXTRA = 'pip install -e ".[deploy]"'
 CPU_ONLY = ("onnxruntime", "openvino")  # as installed here: ONNX Runtime's and OpenVINO's CPU plugins
@@ -172,16 +177,18 @@ def prepare(runtime: str, model: nn.Module, example: torch.Tensor, precision: st
                         f"openvino {import_runtime(runtime).get_version().split('-')[0]} CPU, static shape, "
                         f"INFERENCE_PRECISION_HINT {'bf16' if precision == 'bf16' else 'f32'}")
     fmt = torch.contiguous_format if runtime == "eager" else torch.channels_last
-    if runtime == "fused":
-        net = fuse(model, onednn=dev.type == "cpu", precision=precision)  # bf16: casts its input and output
-        detail = ("fuse(onednn=True)" if dev.type == "cpu" else "fuse()") + ", channels-last"
+    if runtime in FUSED:
+        graph = runtime == "fused"
+        net = fuse(model, onednn=dev.type == "cpu", precision=precision, graph=graph)  # bf16: casts in and out
+        detail = (f"fuse(onednn=True{'' if graph else ', graph=False'})" if dev.type == "cpu" else "fuse()")
+        detail += ", channels-last"
     else:
         import copy
 
         net = copy.deepcopy(model).eval().to(dtype)
         detail = "eager, NCHW" if runtime == "eager" else "torch.compile, inductor freezing, channels-last"
     net = net.to(dev, memory_format=fmt)
-    cast = torch.float32 if runtime == "fused" else dtype  # the fused bf16 form casts inside (a pre-hook)
+    cast = torch.float32 if runtime in FUSED else dtype  # the fused bf16 form casts inside (a pre-hook)
     if runtime == "compile":
         import torch._inductor.config as inductor_config
 
@@ -199,6 +206,11 @@ def prepare(runtime: str, model: nn.Module, example: torch.Tensor, precision: st
     def run(x: torch.Tensor) -> torch.Tensor:
         y = call(x.to(dev, dtype=cast).contiguous(memory_format=fmt))
         return y.float().cpu()
+    forward = graph_forward(net) if runtime == "fused" else None
+    if forward is not None:  # compiled now (1-2 s), not in the first timed step, and the row says whether it did
+        run(example)
+        detail += (", compiled by oneDNN Graph" if forward.compiled else
+                   f", module by module (oneDNN Graph: {'; '.join(forward.fallbacks.values()) or 'not applied'})")
     return Prepared(runtime, precision, run, detail + (", bf16" if precision == "bf16" else ""))
 
 
@@ -209,5 +221,5 @@ def agreement_tolerance(precision: str, scale: float) -> float:
     return (1e-4 if precision == "fp32" else 5e-2) * scale
 
 
-__all__ = ["CPU_ONLY", "EXTRA", "PACKAGES", "RUNTIMES", "Prepared", "RuntimeUnavailable", "agreement_tolerance",
+__all__ = ["CPU_ONLY", "EXTRA", "FUSED", "PACKAGES", "RUNTIMES", "Prepared", "RuntimeUnavailable", "agreement_tolerance",
            "check_runtimes", "import_runtime", "openvino_compiled", "ort_session", "prepare", "unsupported"]

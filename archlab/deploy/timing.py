@@ -219,7 +219,7 @@ def bench_runtimes(name: str, pairs: list[tuple], batch: int, size: int, repeats
 
     from archlab.deploy import fuse
     from archlab.deploy.export import export_onnx
-    from archlab.deploy.runtimes import agreement_tolerance
+    from archlab.deploy.runtimes import FUSED, agreement_tolerance
 
     threads = threads or torch.get_num_threads()
     rounds = max(1, min(rounds or 5, repeats))
@@ -241,7 +241,7 @@ def bench_runtimes(name: str, pairs: list[tuple], batch: int, size: int, repeats
         del model
         jobs = [RuntimeJob(r, p, name, state_path, onnx_path, batch, size, in_chans, device, threads, warmup,
                            spinning=isolate, env=tuple(sorted(env.items())),
-                           keep_memory=isolate and r == "fused")
+                           keep_memory=isolate and r in FUSED)
                 for r, p, env in entries]
         try:
             if isolate:

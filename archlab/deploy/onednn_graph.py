@@ -1,0 +1,198 @@
+"""The whole forward pass compiled by oneDNN Graph: the last step of ``fuse(model, onednn=True)`` on CPU.
+
+Why. The module-by-module form (:mod:`archlab.deploy.onednn`) fuses each conv with its epilogue, but every conv is
+still one PyTorch op call: Python, the dispatcher, and oneDNN's primitive setup on each call (about 20 us, measured
+with ``perf``), and every tensor between two convs is a strided PyTorch tensor. At batch 1 a MobileNet makes ~50 such
+calls of well under 100 us of arithmetic each, so that fixed cost is a third of its time, and ONNX Runtime, which
+has none of it, ran MobileNetV2 1.9x faster (benchmarks/results/runtimes.md). oneDNN Graph (the "LLGA" fuser of
+PyTorch's TorchScript executor, ``torch.jit.enable_onednn_fusion``) takes the traced graph, partitions it into
+fused conv / matmul / eltwise / binary groups (squeeze-excitation's pool-free half included), compiles each partition
+once for the traced shapes, and keeps tensors in its own blocked layouts between them. Measured against the module
+form on the five deployment models, 2 threads, same run: 2.0-2.2x at batch 1 on MobileNetV2/V3, 1.1-1.4x on the
+ResNets and EfficientNet-B0 (benchmarks/results/runtimes.md has the record).
+
+How it is used. :func:`attach` sets the model's ``forward`` to a :class:`GraphForward`, which, for a plain call
+``model(x)`` on a float32 or bfloat16 CPU tensor without autograd, runs the model traced and compiled for that input
+signature (shape, dtype, memory layout, thread count, the weights' identity and version). The first call for a
+signature traces, freezes and warms the graph up (about 1-2 s), then compares its output with the module form's on
+that input; a model that does not trace, or whose traced output disagrees, keeps the module form for that signature
+(:attr:`GraphForward.fallbacks` says why). Every other call (autograd, tracing, export, ``torch.compile``, fx, a
+model in train mode, a forward hook on any submodule, a dispatch or function mode such as FlopCounterMode, keyword
+arguments, another device) runs the module form, so
+the model is never wrong, only not faster. Per-layer tools that hook submodules see the module form.
+
+Limits, said plainly: TorchScript is deprecated upstream (PyTorch 2.x prints FutureWarnings for ``torch.jit.trace``;
+they are silenced here), and a trace bakes in Python control flow for the traced shape, so a model whose forward
+branches on tensor *values* would be traced for the first input's branch; the check against the module form on
+that input catches a disagreement only for that input.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import operator
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+_version = operator.attrgetter("_version")
+_requires_grad = operator.attrgetter("requires_grad")
+_CACHE_SIZE = 8  # input signatures kept compiled per model (each holds frozen weights and compiled partitions)
+_WARMUP_CALLS = 3  # the profiling executor records shapes on the first call and fuses on the next
+
+
+@functools.cache
+def available() -> bool:
+    """Whether this PyTorch build has oneDNN and TorchScript's oneDNN Graph fuser."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.jit, "enable_onednn_fusion")
+            and hasattr(torch._C, "_jit_llga_enabled"))
+
+
+def _tolerance(dtype: torch.dtype, scale: float) -> float:
+    """Largest max |diff| between the graph's and the module form's outputs that counts as the same function:
+    fp32 differs in summation order only; bf16 rounds each partition's output (and may round at other points).
+    Relative to the outputs' largest magnitude: a random-init network's logits can be of order 1e-9."""
+    return (1e-3 if dtype == torch.float32 else 5e-2) * scale
+
+
+class GraphForward:
+    """A model's ``forward`` that runs it compiled by oneDNN Graph where that applies (see the module docstring),
+    else the model class's own ``forward``. ``compiled`` and ``fallbacks`` say what happened per signature."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._cache: dict[tuple, Any] = {}  # signature -> frozen ScriptModule, or a reason string (module form)
+        self.fallbacks: dict[str, str] = {}  # signature (readable) -> why it runs the module form
+
+    # The compiled graphs hold TorchScript objects, which neither copy nor pickle: a copy starts without them.
+    def __getstate__(self) -> dict:
+        return {"model": self.model, "_cache": {}, "fallbacks": {}}
+
+    def __deepcopy__(self, memo: dict) -> "GraphForward":
+        clone = GraphForward.__new__(GraphForward)
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return clone
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    @property
+    def compiled(self) -> int:
+        """How many input signatures run as a compiled graph."""
+        return sum(not isinstance(v, str) for v in self._cache.values())
+
+    def module_forward(self, *args: Any, **kwargs: Any) -> Any:
+        return type(self.model).forward(self.model, *args, **kwargs)
+
+    def _applies(self, args: tuple, kwargs: dict) -> bool:
+        if kwargs or len(args) != 1 or type(args[0]) is not torch.Tensor or self.model.training:
+            return False
+        x = args[0]
+        if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or torch.is_autocast_enabled("cpu") or x.device.type != "cpu"
+                or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() != 4 or x.numel() == 0):
+            return False
+        if torch.is_grad_enabled() and x.requires_grad:
+            return False
+        if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+            return False  # a dispatch or function mode (FlopCounterMode, op counters) wants to see the ops
+        hooks = torch.nn.modules.module
+        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return False
+        return True
+
+    def _watch(self) -> tuple[list[dict], list[torch.Tensor]]:
+        """The submodules' hook dicts and the model's tensors, gathered once (registering a hook adds to the same
+        dict; a ``.to()`` or ``load_state_dict`` changes a tensor's storage or version, which the signature reads)."""
+        watched = self.__dict__.get("_watched")
+        if watched is None:
+            modules = [m for m in self.model.modules() if m is not self.model]
+            hooks = [d for m in modules for d in (m._forward_hooks, m._forward_pre_hooks)]
+            watched = self.__dict__["_watched"] = (hooks, [*self.model.parameters(), *self.model.buffers()])
+        return watched
+
+    def _signature(self, x: torch.Tensor) -> tuple | None:
+        """The input's and the weights' identity; None where a submodule's hook or a weight that requires grad rules
+        the graph out. Its cost counts at batch 1 (about 10 us here), so it reads each tensor's attributes in C."""
+        hooks, tensors = self._watch()
+        if any(hooks) or (torch.is_grad_enabled() and any(map(_requires_grad, tensors))):
+            return None
+        layout = ("channels_last" if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                  else "contiguous" if x.is_contiguous() else tuple(x.stride()))
+        return (tuple(x.shape), x.dtype, layout, torch.get_num_threads(),
+                tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(_version, tensors)))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._applies(args, kwargs):
+            return self.module_forward(*args, **kwargs)
+        x = args[0]
+        key = self._signature(x)
+        if key is None:
+            return self.module_forward(x)
+        graph = self._cache.get(key)
+        if graph is None:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self.__dict__.pop("_watched", None)  # re-gathered: modules or parameters may have been replaced
+            graph = self._cache[key] = self._compile(x)
+        if isinstance(graph, str):
+            return self.module_forward(x)
+        with torch.no_grad():
+            return graph(x)
+
+    def _compile(self, x: torch.Tensor) -> Any:
+        """The model traced on ``x``, frozen and warmed up with oneDNN Graph fusion on; a reason string where that
+        fails or disagrees with the module form on ``x``."""
+        readable = f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+        was_enabled = torch._C._jit_llga_enabled()
+        try:
+            with torch.no_grad():
+                expected = self.module_forward(x)
+                torch.jit.enable_onednn_fusion(True)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # deprecation and TracerWarnings: the check below decides
+                    graph = torch.jit.freeze(torch.jit.trace(self.model, x, check_trace=False))
+                    for _ in range(_WARMUP_CALLS):
+                        got = graph(x)
+        except Exception as error:  # noqa: BLE001 - any model that does not trace keeps the module form
+            reason = f"does not trace: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+            self.fallbacks[readable] = reason
+            return reason
+        finally:
+            torch.jit.enable_onednn_fusion(was_enabled)
+        want, have = tree_leaves(expected), tree_leaves(got)
+        if len(want) != len(have) or any(
+                not isinstance(w, torch.Tensor) or not isinstance(h, torch.Tensor) or w.shape != h.shape
+                for w, h in zip(want, have)):
+            reason = "traced outputs differ in structure from the module form's"
+            self.fallbacks[readable] = reason
+            return reason
+        for w, h in zip(want, have):
+            scale = w.abs().max().item() if w.numel() and w.is_floating_point() else 1.0
+            diff = (w.float() - h.float()).abs().max().item() if w.numel() else 0.0
+            if not diff <= _tolerance(w.dtype, scale):
+                reason = f"traced output differs from the module form's by {diff:.3g} (scale {scale:.3g})"
+                self.fallbacks[readable] = reason
+                return reason
+        return graph
+
+
+def attach(model: nn.Module) -> nn.Module:
+    """Give ``model`` (an inference form, eval mode) a :class:`GraphForward` as its ``forward``; returns it."""
+    if available():
+        model.forward = GraphForward(model)
+    return model
+
+
+def graph_forward(model: nn.Module) -> GraphForward | None:
+    """The model's :class:`GraphForward`, if it has one."""
+    forward = model.__dict__.get("forward")
+    return forward if isinstance(forward, GraphForward) else None
+
+
+__all__ = ["GraphForward", "attach", "available", "graph_forward"]

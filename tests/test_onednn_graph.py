@@ -1,0 +1,211 @@
+"""The oneDNN Graph step of the inference form (archlab.deploy.onednn_graph via fuse(onednn=True)): a plain call runs
+the model compiled by oneDNN Graph, with the eval model's outputs; every call it must not take (autograd, hooks,
+dispatch modes, export, changed weights, a model that does not trace) gets the module-by-module form instead."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import archlab
+from archlab.deploy import fuse
+from archlab.deploy.onednn_graph import available, graph_forward
+from helpers import HEAVIEST
+from tests.test_deploy import assert_close_to, randomize_norms_moderately
+
+pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has no oneDNN Graph fuser")
+
+FAMILIES = ["resnet18", "resnext50_32x4d", "seresnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+            "densenet121", "vgg11_bn", "shufflenet_v2_x0_5", "regnet_y_400mf", "convnext_tiny"]
+
+
+def eval_model(name: str, seed: int = 0) -> nn.Module:
+    model = archlab.create_model(name)
+    randomize_norms_moderately(model, seed=seed)
+    return model.eval()
+
+
+def fused_nodes(graph: torch.jit.ScriptModule, x: torch.Tensor) -> tuple[int, list[str]]:
+    """How many oneDNN fusion groups the executed graph has, and the convolutions left outside them."""
+    graph(x)
+    executed = torch.jit.last_executed_optimized_graph()
+    groups, outside = 0, []
+
+    def walk(block) -> None:
+        nonlocal groups
+        for node in block.nodes():
+            if node.kind() == "prim::oneDNNFusionGroup":
+                groups += 1
+            elif node.kind() == "prim::If":  # oneDNN's guard: the first branch runs the fusion groups
+                walk(next(iter(node.blocks())))
+            elif "conv" in node.kind():
+                outside.append(node.kind())
+    walk(executed)
+    return groups, outside
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILIES if n in archlab.list_models()])
+def test_graph_form_matches_the_eval_model_and_runs_every_conv_in_onednn(name):
+    model = eval_model(name)
+    fast = fuse(model, onednn=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = fast(x)
+        again = fast(x)
+    assert_close_to(out, ref)
+    assert torch.equal(out, again)
+    forward = graph_forward(fast)
+    assert forward.compiled == 1, forward.fallbacks
+    (graph,) = forward._cache.values()
+    groups, outside = fused_nodes(graph, x)
+    assert groups > 0 and outside == []
+
+
+def _lighter(name: str) -> bool:
+    """Models under 8 GMACs: the heavier ones (RegNet 16-128GF, ResNeXt-101, ...) are wider or deeper rows of
+    builders tested here on their lighter rows, and each takes several seconds to trace and compile (the 1001-layer
+    pre-activation ResNet 27 s: its 164-layer row stands for it)."""
+    macs = archlab.model_card(name).macs
+    return name not in HEAVIEST and name != "preact_resnet1001" and (macs is None or macs < 8e9)
+
+
+@pytest.mark.parametrize("name", [n for n in archlab.list_models() if _lighter(n) and n not in FAMILIES])
+def test_every_registered_model_compiles_to_the_same_function(name):
+    card = archlab.model_card(name)
+    model = eval_model(name)
+    size = max(card.min_input_size, 64)  # oneDNN Graph fails to build a depthwise conv on a 1x1 map (32x32 input)
+    x = torch.randn(2, model.in_chans, size, size)
+    fast = fuse(model, onednn=True)
+    with torch.no_grad():
+        ref, out = model(x), fast(x)
+    assert_close_to(out, ref)
+    assert graph_forward(fast).compiled == 1, graph_forward(fast).fallbacks
+
+
+def test_each_input_signature_gets_its_own_graph_and_inference_mode_works():
+    model = eval_model("resnet18")
+    fast = fuse(model, onednn=True)
+    forward = graph_forward(fast)
+    cl = torch.channels_last
+    inputs = [torch.randn(2, 3, 64, 64), torch.randn(3, 3, 64, 64), torch.randn(2, 3, 64, 64).contiguous(memory_format=cl)]
+    with torch.inference_mode():
+        for i, x in enumerate(inputs, 1):
+            assert_close_to(fast(x), model(x))
+            assert forward.compiled == i
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1 if threads > 1 else 2)
+        try:
+            assert_close_to(fast(inputs[0]), model(inputs[0]))
+        finally:
+            torch.set_num_threads(threads)
+        assert forward.compiled == 4  # the thread count is part of the signature: kernels are chosen for it
+
+
+def test_calls_that_must_see_the_modules_take_the_module_form():
+    model = eval_model("resnet18")
+    fast = fuse(model, onednn=True)
+    forward = graph_forward(fast)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    # Autograd: an input that requires grad gets an output that does.
+    xg = x.clone().requires_grad_(True)
+    out = fast(xg)
+    assert out.requires_grad and forward.compiled == 0
+    assert_close_to(out.detach(), ref)
+    # A forward hook on a submodule fires (per-layer timers and feature extractors rely on it).
+    seen = []
+    handle = fast.layer1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        assert_close_to(fast(x), ref)
+    handle.remove()
+    assert seen == [(2, 64, 16, 16)] and forward.compiled == 0
+    # A dispatch mode counts the model's own ops.
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        fast(x)
+    assert flops.get_total_flops() > 0 and forward.compiled == 0
+    # Another dtype, keyword arguments, train mode.
+    with torch.no_grad():
+        assert_close_to(fast.double()(x.double()).float(), ref)
+        fast.float()
+        assert forward.compiled == 0
+        fast.train()
+        assert_close_to(fast(x), ref)  # folded: a fused model in train mode still computes the eval function
+        fast.eval()
+        assert forward.compiled == 0
+        assert_close_to(fast(x), ref)
+        assert forward.compiled == 1
+
+
+def test_changed_weights_recompile_and_copies_work():
+    a, b = eval_model("mobilenet_v2"), eval_model("mobilenet_v2", seed=1)
+    fast_a, fast_b = fuse(a, onednn=True), fuse(b, onednn=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out_a, out_b = fast_a(x), fast_b(x)
+        assert not torch.allclose(out_a, out_b)
+        fast_a.load_state_dict(fast_b.state_dict())  # the same tensors, new values: the old graph is stale
+        assert_close_to(fast_a(x), out_b)
+        for twin in (copy.deepcopy(fast_a), pickle.loads(pickle.dumps(fast_a))):
+            assert graph_forward(twin).model is twin and graph_forward(twin).compiled == 0
+            assert_close_to(twin(x), out_b)
+            assert graph_forward(twin).compiled == 1
+        buffer = io.BytesIO()
+        torch.save(fast_a, buffer)
+        buffer.seek(0)
+        assert_close_to(torch.load(buffer, weights_only=False)(x), out_b)
+    assert set(fast_a.state_dict()) == set(fuse(a).state_dict())  # the graph is not part of the state
+
+
+def test_graph_false_keeps_the_module_form_and_export_traces_the_modules(tmp_path):
+    model = eval_model("resnet18")
+    assert graph_forward(fuse(model, onednn=True, graph=False)) is None
+    fast = fuse(model, onednn=True)
+    x = torch.randn(1, 3, 64, 64)
+    traced = torch.jit.trace(fast, x, check_trace=False)
+    with torch.no_grad():
+        assert_close_to(traced(x), model(x))
+    assert graph_forward(fast).compiled == 0
+
+
+class _Untraceable(nn.Module):
+    """Returns a Python string beside its tensor: torch.jit.trace refuses it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.conv(x)), "label"
+
+
+def test_a_model_that_does_not_trace_keeps_the_module_form():
+    model = _Untraceable().eval()
+    fast = fuse(model, onednn=True)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        out, label = fast(x)
+        assert label == "label" and torch.allclose(out, model(x)[0], atol=1e-5)
+    forward = graph_forward(fast)
+    assert forward.compiled == 0 and "does not trace" in next(iter(forward.fallbacks.values()))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available() or not __import__(
+    "archlab.deploy.precision", fromlist=["native_bf16"]).native_bf16(), reason="no native bf16 on this CPU")
+def test_bf16_graph_form_agrees_with_the_bf16_module_form():
+    model = eval_model("mobilenet_v2")
+    x = torch.randn(2, 3, 64, 64)
+    graph = fuse(model, onednn=True, precision="bf16")
+    modules = fuse(model, onednn=True, precision="bf16", graph=False)
+    with torch.no_grad():
+        ref, out, expected = model(x), graph(x), modules(x.contiguous(memory_format=torch.channels_last))
+    assert out.dtype == torch.float32 and graph_forward(graph).compiled == 1
+    scale = ref.abs().max().item()
+    assert (out - ref).abs().max().item() <= 5e-2 * scale
+    assert (out - expected).abs().max().item() <= 5e-2 * scale
