@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile every contender (inference: with inductor freezing)")
     p.add_argument("--fused", action="store_true",
                    help="the MODELS in inference form (infer only; not the --vs references): BatchNorm folded into "
-                        "convs; on CPU each conv also runs with its activation / residual add as one oneDNN "
-                        "primitive (archlab.deploy.onednn)")
+                        "convs; on CPU the whole model compiled by oneDNN Graph on its first call, each conv fused "
+                        "with its activation / residual add (archlab.deploy.onednn_graph, archlab.deploy.onednn)")
     p.add_argument("--vs", default=None, metavar="SOURCES",
                    help="also time the reference of the same architecture: torchvision, timm or torchvision,timm")
     p.add_argument("--input", type=positive_int, default=None, metavar="N",
@@ -282,7 +282,7 @@ def _run_runtimes(args: argparse.Namespace, plot: Any) -> int:
 
 
 def _title(meta: dict[str, Any]) -> str:
-    fused = "fused (ours only" + ("; oneDNN conv+activation/add" if meta["onednn"] else "") + ")"
+    fused = "fused (ours only" + ("; oneDNN Graph, conv+activation/add" if meta["onednn"] else "") + ")"
     flags = [f for f, on in (("channels-last", meta["channels_last"]), (fused, meta["fused"]),
                              ("compile", meta["compile"]), (meta["amp"], meta["amp"]),
                              ("bf16 weights and activations", meta.get("precision") == "bf16")) if on]

@@ -3,7 +3,8 @@
 - :mod:`~archlab.deploy.graph`: the model's torch.fx dataflow graph (tracing, sub-trees, module replacement).
 - :mod:`~archlab.deploy.fold`: BatchNorm folded into the conv before it (exact on every registered model).
 - :mod:`~archlab.deploy.onednn`: on CPU, each conv run with its activation / residual add as one oneDNN primitive.
-- :mod:`~archlab.deploy.form`: :func:`fuse`, the two above as one call, in fp32 or bf16.
+- :mod:`~archlab.deploy.onednn_graph`: on CPU, a plain call runs the whole model compiled by oneDNN Graph.
+- :mod:`~archlab.deploy.form`: :func:`fuse`, the three above as one call, in fp32 or bf16.
 - :mod:`~archlab.deploy.memory`: freed memory kept for reuse (glibc), so a forward pass reuses its pages.
 - :mod:`~archlab.deploy.precision`: fp32 / bf16, and whether this CPU computes bf16 natively.
 - :mod:`~archlab.deploy.export`: ONNX, torch.export (``.pt2``) and OpenVINO IR files, checked by running them.

@@ -8,13 +8,13 @@ has none of it, ran MobileNetV2 1.9x faster (benchmarks/results/runtimes.md). on
 PyTorch's TorchScript executor, ``torch.jit.enable_onednn_fusion``) takes the traced graph, partitions it into
 fused conv / matmul / eltwise / binary groups (squeeze-excitation's pool-free half included), compiles each partition
 once for the traced shapes, and keeps tensors in its own blocked layouts between them. Measured against the module
-form on the five deployment models, 2 threads, same run: 2.0-2.2x at batch 1 on MobileNetV2/V3, 1.1-1.4x on the
-ResNets and EfficientNet-B0 (benchmarks/results/runtimes.md has the record).
+form on the five deployment models, 2 threads, same run: 1.40x at batch 1 (MobileNetV3-Large 1.94x, ResNets
+1.11-1.14x) and 1.05x at batch 8, geometric means (benchmarks/results/runtimes-graph.md).
 
 How it is used. :func:`attach` sets the model's ``forward`` to a :class:`GraphForward`, which, for a plain call
 ``model(x)`` on a float32 or bfloat16 CPU tensor without autograd, runs the model traced and compiled for that input
 signature (shape, dtype, memory layout, thread count, the weights' identity and version). The first call for a
-signature traces, freezes and warms the graph up (about 1-2 s), then compares its output with the module form's on
+signature traces, freezes and warms the graph up (1-2.5 s at 224x224), then compares its output with the module form's on
 that input; a model that does not trace, or whose traced output disagrees, keeps the module form for that signature
 (:attr:`GraphForward.fallbacks` says why). Every other call (autograd, tracing, export, ``torch.compile``, fx, a
 model in train mode, a forward hook on any submodule, a dispatch or function mode such as FlopCounterMode, keyword
