@@ -61,6 +61,8 @@ def test_graph_form_matches_the_eval_model_and_runs_every_conv_in_onednn(name):
     assert torch.equal(out, again)
     forward = graph_forward(fast)
     assert forward.compiled == 1, forward.fallbacks
+    assert list(forward.compile_seconds) == ["(2, 3, 64, 64) float32"] and forward.compile_seconds[
+        "(2, 3, 64, 64) float32"] > 0  # bench --runtime reports it
     (graph,) = forward._cache.values()
     groups, outside = fused_nodes(graph, x)
     assert groups > 0 and outside == []

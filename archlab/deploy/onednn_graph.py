@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import functools
 import operator
+import time
 import warnings
 from typing import Any
 
@@ -67,10 +68,11 @@ class GraphForward:
         self.model = model
         self._cache: dict[tuple, Any] = {}  # signature -> frozen ScriptModule, or a reason string (module form)
         self.fallbacks: dict[str, str] = {}  # signature (readable) -> why it runs the module form
+        self.compile_seconds: dict[str, float] = {}  # signature (readable) -> trace, freeze, warm-up and check
 
     # The compiled graphs hold TorchScript objects, which neither copy nor pickle: a copy starts without them.
     def __getstate__(self) -> dict:
-        return {"model": self.model, "_cache": {}, "fallbacks": {}}
+        return {"model": self.model, "_cache": {}, "fallbacks": {}, "compile_seconds": {}}
 
     def __deepcopy__(self, memo: dict) -> "GraphForward":
         clone = GraphForward.__new__(GraphForward)
@@ -149,6 +151,12 @@ class GraphForward:
         """The model traced on ``x``, frozen and warmed up with oneDNN Graph fusion on; a reason string where that
         fails or disagrees with the module form on ``x``."""
         readable = f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+        start = time.perf_counter()
+        graph = self._traced(x, readable)
+        self.compile_seconds[readable] = time.perf_counter() - start
+        return graph
+
+    def _traced(self, x: torch.Tensor, readable: str) -> Any:
         was_enabled = torch._C._jit_llga_enabled()
         try:
             with torch.no_grad():

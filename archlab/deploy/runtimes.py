@@ -209,7 +209,8 @@ def prepare(runtime: str, model: nn.Module, example: torch.Tensor, precision: st
     forward = graph_forward(net) if runtime == "fused" else None
     if forward is not None:  # compiled now (1-2 s), not in the first timed step, and the row says whether it did
         run(example)
-        detail += (", compiled by oneDNN Graph" if forward.compiled else
+        seconds = sum(forward.compile_seconds.values())
+        detail += (f", compiled by oneDNN Graph ({seconds:.1f} s)" if forward.compiled else
                    f", module by module (oneDNN Graph: {'; '.join(forward.fallbacks.values()) or 'not applied'})")
     return Prepared(runtime, precision, run, detail + (", bf16" if precision == "bf16" else ""))
 
