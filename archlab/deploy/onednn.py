@@ -164,9 +164,12 @@ class FusedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         w = self._call_weight(x, residual)
-        if w is None and type(x) is torch.Tensor and x.dim() == 4 and x.stride(1) == 1 and not x.is_contiguous():
+        if (w is None and type(x) is torch.Tensor and x.dim() == 4 and x.stride(1) == 1
+                and not x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_tracing()):
             # A channel slice of a channels-last tensor (ShuffleNet V2's split, a chunk of a concat): channels-last
             # but not dense. The plain conv would copy it as well; copied channels-last, it takes the fused path.
+            # Not while tracing (the oneDNN Graph form, export): a recorded copy would split oneDNN Graph's
+            # partitions; the trace records the plain conv, as for a model without this form.
             x = x.contiguous(memory_format=torch.channels_last)
             w = self._call_weight(x, residual)
         if w is not None:
