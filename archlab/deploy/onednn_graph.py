@@ -8,8 +8,8 @@ has none of it, ran MobileNetV2 1.9x faster (benchmarks/results/runtimes.md). on
 PyTorch's TorchScript executor, ``torch.jit.enable_onednn_fusion``) takes the traced graph, partitions it into
 fused conv / matmul / eltwise / binary groups (squeeze-excitation's pool-free half included), compiles each partition
 once for the traced shapes, and keeps tensors in its own blocked layouts between them. Measured against the module
-form on the five deployment models, 2 threads, same run: 1.40x at batch 1 (MobileNetV3-Large 1.94x, ResNets
-1.11-1.14x) and 1.05x at batch 8, geometric means (benchmarks/results/runtimes-graph.md).
+form on the five deployment models, 2 threads, same run: 1.50-1.54x at batch 1 (MobileNetV3-Large 1.87-2.40x,
+ResNets 1.14-1.20x) and 1.23-1.27x at batch 8, geometric means of two runs (benchmarks/results/runtimes-graph.md).
 
 How it is used. :func:`attach` sets the model's ``forward`` to a :class:`GraphForward`, which, for a plain call
 ``model(x)`` on a float32 or bfloat16 CPU tensor without autograd, runs the model traced and compiled for that input
@@ -44,7 +44,7 @@ from torch.utils._pytree import tree_leaves
 _version = operator.attrgetter("_version")
 _requires_grad = operator.attrgetter("requires_grad")
 # Every graph is traced channels-last (input and weights), whatever the caller's layout. Measured on the five
-# deployment models against tracing in NCHW (same process, 2 threads, 10 alternated blocks): as fast on the ResNets
+# deployment models against tracing in NCHW (same process, 2 threads, 10 alternated blocks): as fast on ResNet-50
 # and MobileNetV2 (0.99-1.01x at batch 1), 1.10-1.27x faster on MobileNetV3-Large and EfficientNet-B0, whose
 # squeeze-excitation mean and multiply run as ATen ops between partitions: a tensor handed to ATen stays
 # channels-last there, where NCHW reordered it every time (EfficientNet-B0 at batch 1: 34 reorders, 1.5 ms).
