@@ -3,7 +3,8 @@
 In the module-by-module form (``fuse(model, onednn=True, graph=False)``) a forward pass should be almost all
 convolution (the fused oneDNN op); what is left outside it (pooling, the squeeze-excitation multiply, the
 classifier) is what eager fusion has not removed. ``--graph`` profiles the default form instead, the whole model
-compiled by oneDNN Graph: its partitions show as ``prim::oneDNNFusionGroup``, the ops it leaves to ATen by name.
+compiled by oneDNN Graph: its partitions (the profiler's ``LlgaPartition_N`` events) are summed into one row,
+the ops it leaves to ATen and the TorchScript interpreter's own time each show by name.
 
     OMP_NUM_THREADS=1 python benchmarks/profile_inference_form.py resnet50 efficientnet_b0 --threads 1
 """
