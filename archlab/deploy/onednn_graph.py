@@ -7,14 +7,16 @@ calls of well under 100 us of arithmetic each, so that fixed cost is a third of 
 has none of it, ran MobileNetV2 1.9x faster (benchmarks/results/runtimes.md). oneDNN Graph (the "LLGA" fuser of
 PyTorch's TorchScript executor, ``torch.jit.enable_onednn_fusion``) takes the traced graph, partitions it into
 fused conv / matmul / eltwise / binary groups (squeeze-excitation's pool-free half included), compiles each partition
-once for the traced shapes, and keeps tensors in its own blocked layouts between them. Measured against the module
-form on the five deployment models, 2 threads, same run: 1.50-1.54x at batch 1 (MobileNetV3-Large 1.87-2.40x,
-ResNets 1.14-1.20x) and 1.23-1.27x at batch 8, geometric means of two runs (benchmarks/results/runtimes-graph.md).
+once for the traced shapes (a ResNet stage becomes one partition: oneDNN's residual-block pattern), and passes
+plain channels-last tensors between partitions (ONEDNN_VERBOSE shows no opaque layout in the five deployment models
+at batch 1). Measured against the module form on the five deployment models, 2 threads, same run: 1.50-1.54x at
+batch 1 (MobileNetV3-Large 1.87-2.40x, ResNets 1.14-1.20x) and 1.23-1.27x at batch 8, geometric means of two runs
+(benchmarks/results/runtimes-graph.md).
 
 How it is used. :func:`attach` sets the model's ``forward`` to a :class:`GraphForward`, which, for a plain call
 ``model(x)`` on a float32 or bfloat16 CPU tensor without autograd, runs the model traced and compiled for that input
-signature (shape, dtype, memory layout, thread count, the weights' identity and version). The first call for a
-signature traces, freezes and warms the graph up (1-2.5 s at 224x224), then compares its output with the module form's on
+signature (shape, dtype, thread count, the weights' identity and version; not the input's memory layout, since
+every graph takes its input channels-last). The first call for a signature traces, freezes and warms the graph up (1-2.5 s at 224x224), then compares its output with the module form's on
 that input; a model that does not trace, or whose traced output disagrees, keeps the module form for that signature
 (:attr:`GraphForward.fallbacks` says why). Every other call (autograd, tracing, export, ``torch.compile``, fx, a
 model in train mode, a forward hook on any submodule, a dispatch or function mode such as FlopCounterMode, keyword
@@ -95,12 +97,6 @@ class GraphForward:
         """How many input signatures run as a compiled graph."""
         return sum(isinstance(v, Compiled) for v in self._cache.values())
 
-    @property
-    def layouts(self) -> list[str]:
-        """The layout each compiled signature was traced in ('channels_last' or 'contiguous')."""
-        return [str(v.memory_format).removeprefix("torch.").removesuffix("_format")
-                for v in self._cache.values() if isinstance(v, Compiled)]
-
     def module_forward(self, *args: Any, **kwargs: Any) -> Any:
         return type(self.model).forward(self.model, *args, **kwargs)
 
@@ -137,9 +133,9 @@ class GraphForward:
         hooks, tensors = self._watch()
         if any(hooks) or (torch.is_grad_enabled() and any(map(_requires_grad, tensors))):
             return None
-        layout = ("channels_last" if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-                  else "contiguous" if x.is_contiguous() else tuple(x.stride()))
-        return (tuple(x.shape), x.dtype, layout, torch.get_num_threads(),
+        # No layout: every graph is traced channels-last and given its input so (one graph, one weight copy, for
+        # NCHW and channels-last callers alike).
+        return (tuple(x.shape), x.dtype, torch.get_num_threads(),
                 tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(_version, tensors)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -158,7 +154,7 @@ class GraphForward:
         if isinstance(compiled, str):
             return self.module_forward(x)
         with torch.no_grad():
-            return compiled.graph(x.contiguous(memory_format=compiled.memory_format))
+            return compiled.graph(x.contiguous(memory_format=TRACE_LAYOUT))
 
     def _compile(self, x: torch.Tensor) -> "Compiled | str":
         """The model compiled for ``x``'s signature, traced in channels-last whatever ``x``'s layout (see
@@ -167,28 +163,28 @@ class GraphForward:
         start = time.perf_counter()
         with torch.no_grad():
             expected = self.module_forward(x)
-        compiled = self._traced(x, TRACE_LAYOUT, expected)
+        compiled = self._traced(x, expected)
         if isinstance(compiled, str):
             self.fallbacks[readable] = compiled
         self.compile_seconds[readable] = time.perf_counter() - start
         return compiled
 
-    def _in_layout(self, memory_format: torch.memory_format) -> nn.Module:
-        """The model with its 4-d weights in ``memory_format``: itself when they are, else a converted copy (the
+    def _in_trace_layout(self) -> nn.Module:
+        """The model with its 4-d weights in :data:`TRACE_LAYOUT`: itself when they are, else a converted copy (the
         layout a graph is traced in follows the weights' as well as the input's)."""
-        if all(p.is_contiguous(memory_format=memory_format) for p in self.model.parameters() if p.dim() == 4):
+        if all(p.is_contiguous(memory_format=TRACE_LAYOUT) for p in self.model.parameters() if p.dim() == 4):
             return self.model
-        return copy.deepcopy(self.model).to(memory_format=memory_format)
+        return copy.deepcopy(self.model).to(memory_format=TRACE_LAYOUT)
 
-    def _traced(self, x: torch.Tensor, memory_format: torch.memory_format, expected: Any) -> "Compiled | str":
-        x = x.contiguous(memory_format=memory_format)
+    def _traced(self, x: torch.Tensor, expected: Any) -> "Compiled | str":
+        x = x.contiguous(memory_format=TRACE_LAYOUT)
         was_enabled = torch._C._jit_llga_enabled()
         try:
             with torch.no_grad():
                 torch.jit.enable_onednn_fusion(True)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # deprecation and TracerWarnings: the check below decides
-                    graph = torch.jit.freeze(torch.jit.trace(self._in_layout(memory_format), x, check_trace=False))
+                    graph = torch.jit.freeze(torch.jit.trace(self._in_trace_layout(), x, check_trace=False))
                     for _ in range(_WARMUP_CALLS):
                         got = graph(x)
         except Exception as error:  # noqa: BLE001 - any model that does not trace keeps the module form
@@ -205,16 +201,14 @@ class GraphForward:
             diff = (w.float() - h.float()).abs().max().item() if w.numel() else 0.0
             if not diff <= _tolerance(w.dtype, scale):
                 return f"traced output differs from the module form's by {diff:.3g} (scale {scale:.3g})"
-        return Compiled(graph, memory_format)
+        return Compiled(graph)
 
 
 @dataclass
 class Compiled:
-    """One input signature's compiled graph and the layout it was traced in (inputs are given to it in that
-    layout)."""
+    """One input signature's compiled graph (traced in :data:`TRACE_LAYOUT`; inputs are given to it so)."""
 
     graph: Any
-    memory_format: torch.memory_format
 
 
 def attach(model: nn.Module) -> nn.Module:
