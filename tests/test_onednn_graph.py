@@ -180,6 +180,19 @@ def test_changed_weights_recompile_and_copies_work():
     assert set(fast_a.state_dict()) == set(fuse(a).state_dict())  # the graph is not part of the state
 
 
+@pytest.mark.parametrize("graph", [True, False])
+def test_a_model_fused_under_inference_mode_runs(graph):
+    # fuse() inside torch.inference_mode makes inference tensors, which have no version counter to read.
+    model = eval_model("resnet18")
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)  # the module form's fused path
+    with torch.inference_mode():
+        fast = fuse(model, onednn=True, graph=graph)
+        assert_close_to(fast(x), model(x))
+    with torch.no_grad():
+        assert_close_to(fast(x), model(x))
+    assert graph_forward(fast) is None if not graph else graph_forward(fast).compiled == 1
+
+
 def test_graph_false_keeps_the_module_form_and_export_traces_the_modules(tmp_path):
     model = eval_model("resnet18")
     assert graph_forward(fuse(model, onednn=True, graph=False)) is None

@@ -147,7 +147,10 @@ class FusedConv2d(nn.Conv2d):
             return None
         grad = torch.is_grad_enabled()
         w = self.weight
-        key = (x.shape, x.dtype, x.device, grad and x.requires_grad, w.data_ptr(), w._version, w.dtype, w.device,
+        # A weight made under torch.inference_mode has no version counter (only inference mode may change it in
+        # place, unseen here).
+        version = 0 if w.is_inference() else w._version
+        key = (x.shape, x.dtype, x.device, grad and x.requires_grad, w.data_ptr(), version, w.dtype, w.device,
                grad and w.requires_grad,
                None if residual is None else (type(residual), residual.shape, residual.dtype, residual.device,
                                               grad and residual.requires_grad))

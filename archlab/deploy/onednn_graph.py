@@ -117,26 +117,29 @@ class GraphForward:
             return False
         return True
 
-    def _watch(self) -> tuple[list[dict], list[torch.Tensor]]:
-        """The submodules' hook dicts and the model's tensors, gathered once (registering a hook adds to the same
-        dict; a ``.to()`` or ``load_state_dict`` changes a tensor's storage or version, which the signature reads)."""
+    def _watch(self) -> tuple[list[dict], list[torch.Tensor], list[torch.Tensor]]:
+        """The submodules' hook dicts, the model's tensors, and those of them with a version counter, gathered once
+        (registering a hook adds to the same dict; a ``.to()`` or ``load_state_dict`` changes a tensor's storage or
+        version, which the signature reads). Tensors made under ``torch.inference_mode`` (a model fused there) have
+        no version counter: only inference mode may change them in place, and such a change is not seen."""
         watched = self.__dict__.get("_watched")
         if watched is None:
             modules = [m for m in self.model.modules() if m is not self.model]
             hooks = [d for m in modules for d in (m._forward_hooks, m._forward_pre_hooks)]
-            watched = self.__dict__["_watched"] = (hooks, [*self.model.parameters(), *self.model.buffers()])
+            tensors = [*self.model.parameters(), *self.model.buffers()]
+            watched = self.__dict__["_watched"] = (hooks, tensors, [t for t in tensors if not t.is_inference()])
         return watched
 
     def _signature(self, x: torch.Tensor) -> tuple | None:
         """The input's and the weights' identity; None where a submodule's hook or a weight that requires grad rules
         the graph out. Its cost counts at batch 1 (about 10 us here), so it reads each tensor's attributes in C."""
-        hooks, tensors = self._watch()
+        hooks, tensors, versioned = self._watch()
         if any(hooks) or (torch.is_grad_enabled() and any(map(_requires_grad, tensors))):
             return None
         # No layout: every graph is traced channels-last and given its input so (one graph, one weight copy, for
         # NCHW and channels-last callers alike).
         return (tuple(x.shape), x.dtype, torch.get_num_threads(),
-                tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(_version, tensors)))
+                tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(_version, versioned)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self._applies(args, kwargs):
