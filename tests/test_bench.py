@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import archlab
 from archlab.bench import (
     Contender,
     Settings,
@@ -263,3 +264,32 @@ def test_a_librarys_own_model_is_timed_as_it_is_and_fused_on_request(capsys):
         ("torchvision:resnet18", "torchvision:resnet18", True)]
     assert all(r["input"] == 32 and r["ours_over_theirs"] is None for r in out["rows"])
     assert any("timed alone" in note for note in out["notes"])
+
+
+def test_blocks_are_cut_with_the_input_each_sees_in_the_model():
+    # benchmarks/blocks_vs_onnxruntime.py times each block alone: chained, the cut blocks must be the features.
+    module = load_script("blocks_vs_onnxruntime")
+    model = archlab.create_model("efficientnet_b0").eval()
+    parts = module.blocks(model)
+    assert [name for name, _ in parts][:3] == ["features.0", "features.1.0", "features.2.0"]  # stages opened
+    x = torch.randn(1, 3, 64, 64)
+    inputs = module.block_inputs(model, parts, x)
+    with torch.no_grad():
+        for (name, block), xin, following in zip(parts, inputs, [*inputs[1:], None]):
+            out = block(xin)
+            if following is not None:
+                assert torch.equal(out, following), name
+        assert torch.equal(out, model.features(x))
+    with pytest.raises(ValueError, match="no `features`"):
+        module.blocks(archlab.create_model("resnet18"))
+
+
+def test_blocks_vs_onnxruntime_script_runs(capsys):
+    module = load_script("blocks_vs_onnxruntime")
+    assert module.main(["mobilenet_v3_small", "--input", "32", "--steps", "2", "--warmup", "0", "--rounds", "1",
+                        "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| features.")]
+    assert len(rows) == len(module.blocks(archlab.create_model("mobilenet_v3_small")))
+    assert "| **whole model** |" in out and "| **sum of blocks** |" in out
+    assert all(float(row.split("|")[-2]) > 0 for row in rows)
