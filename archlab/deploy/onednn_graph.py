@@ -16,12 +16,12 @@ batch 1 (MobileNetV3-Large 1.87-2.40x, ResNets 1.14-1.20x) and 1.23-1.27x at bat
 How it is used. :func:`attach` sets the model's ``forward`` to a :class:`GraphForward`, which, for a plain call
 ``model(x)`` on a float32 or bfloat16 CPU tensor without autograd, runs the model traced and compiled for that input
 signature (shape, dtype, thread count, the weights' identity and version; not the input's memory layout, since
-every graph takes its input channels-last). The first call for a signature traces, freezes and warms the graph up (1-2.5 s at 224x224), then compares its output with the module form's on
-that input; a model that does not trace, or whose traced output disagrees, keeps the module form for that signature
-(:attr:`GraphForward.fallbacks` says why). Every other call (autograd, tracing, export, ``torch.compile``, fx, a
-model in train mode, a forward hook on any submodule, a dispatch or function mode such as FlopCounterMode, keyword
-arguments, another device) runs the module form, so
-the model is never wrong, only not faster. Per-layer tools that hook submodules see the module form.
+every graph takes its input channels-last). The first call for a signature traces, freezes and warms the graph up
+(1-2.5 s at 224x224), then compares its output with the module form's on that input; a model that does not trace,
+or whose traced output disagrees, keeps the module form for that signature (:attr:`GraphForward.fallbacks` says
+why). Every other call (autograd, tracing, export, ``torch.compile``, fx, a model in train mode, a forward hook on
+any submodule, a dispatch or function mode such as FlopCounterMode, keyword arguments, another device) runs the
+module form, so the model is never wrong, only not faster. Per-layer tools that hook submodules see the module form.
 
 Limits, said plainly: TorchScript is deprecated upstream (PyTorch 2.x prints FutureWarnings for ``torch.jit.trace``;
 they are silenced here), and a trace bakes in Python control flow for the traced shape, so a model whose forward
@@ -132,7 +132,8 @@ class GraphForward:
 
     def _signature(self, x: torch.Tensor) -> tuple | None:
         """The input's and the weights' identity; None where a submodule's hook or a weight that requires grad rules
-        the graph out. Its cost counts at batch 1 (about 10 us here), so it reads each tensor's attributes in C."""
+        the graph out. Its cost counts at batch 1 (15-19 us for EfficientNet-B0's 164 tensors here, 0.4% of a forward),
+        so it reads each tensor's attributes in C."""
         hooks, tensors, versioned = self._watch()
         if any(hooks) or (torch.is_grad_enabled() and any(map(_requires_grad, tensors))):
             return None
