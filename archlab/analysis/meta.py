@@ -23,7 +23,7 @@ MAX_INPUT_SIZE = 4096  # larger inputs are almost certainly a typo (and would ta
 
 # Elementwise op families (names of aten ops, the in-place variants end in '_').
 UNARY_OPS = ["relu", "hardtanh", "clamp", "clamp_min", "clamp_max", "leaky_relu", "threshold", "sigmoid", "tanh",
-             "hardsigmoid", "elu"]
+             "hardsigmoid", "elu", "rsqrt", "sqrt"]
 GATED_OPS = ["silu", "hardswish", "gelu", "mish"]
 BINARY_OPS = ["add", "sub", "rsub", "mul", "div"]
 

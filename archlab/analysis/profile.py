@@ -12,7 +12,7 @@ op                                                          ops
 ==========================================================  ==========================================
 batch norm (inference: folded into one scale and shift)     2 per output element
 group/layer norm (statistics, normalise, scale, shift)      5 per output element
-ReLU, ReLU6, clamp, leaky ReLU, sigmoid, tanh, h-sigmoid    1 per output element
+ReLU(6), clamp, leaky ReLU, (h-)sigmoid, tanh, (r)sqrt      1 per output element
 gated activations x*g(x): SiLU/swish, h-swish, GELU, Mish   2 per output element (the gate and the mul)
 add, sub, mul (SE scaling), div                             1 per output element
 max / average pooling with a k x k window                   k*k per output element
