@@ -44,7 +44,7 @@ from archlab.deploy.export import export_onnx
 from archlab.deploy.onednn import FusedConv2d
 from archlab.deploy.precision import native_bf16
 from archlab.deploy.runtimes import check_runtimes
-from archlab.deploy.timing import bench_runtimes
+from archlab.deploy.timing import bench_runtimes, trained_like_norms
 
 MODELS = ["resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
 
@@ -60,22 +60,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def trained_like_norms(model: nn.Module, seed: int = 0) -> None:
-    """BatchNorm statistics and affine terms drawn at random, as a trained network has them, so activations keep
-    their scale (with the initial identity statistics MobileNet's and EfficientNet's logits are ~1e-9, and tiny
-    values are not what a deployed network computes)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                if m.affine:
-                    m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                    m.bias.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 def gemm_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:

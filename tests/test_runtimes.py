@@ -288,3 +288,21 @@ def test_per_call_costs_script_reports_its_three_tables(tmp_path):
         torch.set_num_threads(threads)
     text = out.read_text()
     assert "| 480 -> 120, ReLU |" in text and "| 1280 -> 1000 | 8 |" in text and "paired blocks" in text
+
+
+def test_runtimes_are_timed_on_weights_whose_activations_keep_their_scale(capsys):
+    # With BatchNorm's initial statistics a MobileNet's logits are ~1e-10: diffs and top-1 agreement would be
+    # computed on numbers no deployed network produces. `bench --runtime` draws the statistics as a trained net's.
+    from archlab.deploy.timing import trained_like_norms
+
+    model = archlab.create_model("mobilenet_v3_small").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x).abs().max().item()
+        trained_like_norms(model)
+        after = model(x).abs().max().item()
+    assert before < 1e-6 < 1e-3 < after
+    assert main(["bench", "mobilenet_v3_small", "--input", "64", "--batch", "1", "--runtime", "eager",
+                 "--same-process", *FAST, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["output_scale"] > 1e-3

@@ -226,7 +226,7 @@ def _run_runtimes(args: argparse.Namespace, plot: Any) -> int:
     """--runtime: each model and batch timed in every (runtime, precision) pair, rows rendered."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from archlab.deploy.timing import bench_runtimes
+    from archlab.deploy.timing import bench_runtimes, trained_like_norms
 
     rows: list[dict[str, Any]] = []
     timing = ""
@@ -241,7 +241,7 @@ def _run_runtimes(args: argparse.Namespace, plot: Any) -> int:
                 try:
                     run = bench_runtimes(name, args.pairs, batch, size, repeats=args.repeats, warmup=args.warmup,
                                          device=args.device, isolate=not args.same_process,
-                                         on_block=lambda n: progress.advance(task, n))
+                                         on_block=lambda n: progress.advance(task, n), weights=trained_like_norms)
                 except RuntimeError as exc:  # a runtime that cannot build or run this model: which, one line
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                     raise CLIError(f"{name} at batch {batch}: {first}") from exc
@@ -275,7 +275,10 @@ def _run_runtimes(args: argparse.Namespace, plot: Any) -> int:
     c.print(f"timed: {timing}.")
     c.print("max |diff|: largest difference of its outputs from fp32 eager PyTorch's on the same input (outputs up "
             f"to {max(r['output_scale'] for r in rows):.2e}); DIFFER beyond 1e-4 of that scale in fp32, 5e-2 in bf16. "
-            "x eager: images/s over fp32 eager's, same run.")
+            "x eager: images/s over fp32 eager's, same run. Weights: random, the same in every runtime, with "
+            "BatchNorm statistics drawn as a trained network's (archlab.deploy.timing.trained_like_norms), so "
+            "activations keep their scale through the layers (with BatchNorm's initial statistics a MobileNet's "
+            "logits are ~1e-10).")
     for pair, detail in dict.fromkeys((r["impl"], r["detail"]) for r in rows):
         c.print(f"{pair}: {detail}")
     return 0

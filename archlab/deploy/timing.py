@@ -58,6 +58,22 @@ class RuntimeJob:
     keep_memory: bool = False  # call keep_freed_memory() first, unless KEEP_MEMORY_VAR=0 (a process of its own)
 
 
+def trained_like_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """BatchNorm statistics and affine terms drawn at random, as a trained network has them, so activations keep
+    their scale (with the initial identity statistics MobileNet's and EfficientNet's logits are ~1e-9, and tiny
+    values are not what a deployed network computes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                    m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
 def runtime_example(batch: int, in_chans: int, size: int, seed: int = 0) -> torch.Tensor:
     """The input every runtime of a run sees (a seeded draw, the same in every process)."""
     return torch.randn(batch, in_chans, size, size, generator=torch.Generator().manual_seed(seed))
