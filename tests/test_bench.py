@@ -287,8 +287,9 @@ def test_blocks_are_cut_with_the_input_each_sees_in_the_model():
 def test_blocks_vs_onnxruntime_script_runs(capsys):
     module = load_script("blocks_vs_onnxruntime")
     assert module.main(["mobilenet_v3_small", "--input", "32", "--steps", "2", "--warmup", "0", "--rounds", "1",
-                        "--threads", "1"]) == 0
+                        "--threads", "1", "--flush-mib", "1"]) == 0
     out = capsys.readouterr().out
+    assert "caches flushed (1 MiB rewritten) before each step" in out
     rows = [line for line in out.splitlines() if line.startswith("| features.")]
     assert len(rows) == len(module.blocks(archlab.create_model("mobilenet_v3_small")))
     assert "| **whole model** |" in out and "| **sum of blocks** |" in out
