@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import archlab
 from archlab.deploy import fuse
+from archlab.deploy import onednn_graph
 from archlab.deploy.onednn_graph import available, graph_forward
 from helpers import HEAVIEST
 from tests.test_deploy import assert_close_to, randomize_norms_moderately
@@ -178,6 +179,44 @@ def test_changed_weights_recompile_and_copies_work():
         buffer.seek(0)
         assert_close_to(torch.load(buffer, weights_only=False)(x), out_b)
     assert set(fast_a.state_dict()) == set(fuse(a).state_dict())  # the graph is not part of the state
+
+
+def test_an_edited_model_recompiles_and_an_unrelated_one_does_not():
+    # After a few calls the graph watches the tensors it was traced with; a module or parameter assigned to the
+    # model afterwards must not leave the old graph running (it did: 1000 logits from a 10-class head).
+    model = eval_model("resnet18")
+    fast = fuse(model, onednn=True)
+    forward = graph_forward(fast)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fast(x), fast(x)
+        fast.fc = nn.Linear(512, 10)
+        assert_close_to(fast(x), forward.module_forward(x))
+        fast.fc.weight = nn.Parameter(torch.zeros_like(fast.fc.weight))
+        assert_close_to(fast(x), fast.fc.bias.expand(1, 10))
+        fast.relu = nn.GELU()  # a module without tensors
+        assert_close_to(fast(x), forward.module_forward(x))
+        assert forward.edits == 3 and len(forward._cache) == 1  # the stale graphs are dropped, not kept
+        seconds = dict(forward.compile_seconds)
+        eval_model("resnet18")  # another model's registrations are not edits of this one
+        fast(x)
+        assert forward.edits == 3 and forward.compile_seconds == seconds
+
+
+def test_the_oldest_signature_makes_room(monkeypatch):
+    monkeypatch.setattr(onednn_graph, "_CACHE_SIZE", 2)
+    model = eval_model("resnet18")
+    fast = fuse(model, onednn=True)
+    forward = graph_forward(fast)
+    inputs = [torch.randn(b, 3, 64, 64) for b in (1, 2, 3)]
+    with torch.no_grad():
+        for x in inputs:
+            assert_close_to(fast(x), model(x))
+        assert [k[0][0] for k in forward._cache] == [2, 3]  # batch 1 evicted, the others kept
+        other = eval_model("resnet18", seed=1)
+        fast.load_state_dict(fuse(other).state_dict())
+        assert_close_to(fast(inputs[0]), other(inputs[0]))
+        assert len(forward._cache) == 1  # new weights: the graphs of the old ones are gone
 
 
 @pytest.mark.parametrize("graph", [True, False])

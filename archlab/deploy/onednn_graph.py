@@ -15,18 +15,20 @@ batch 1 (MobileNetV3-Large 1.87-2.40x, ResNets 1.14-1.20x) and 1.23-1.27x at bat
 
 How it is used. :func:`attach` sets the model's ``forward`` to a :class:`GraphForward`, which, for a plain call
 ``model(x)`` on a float32 or bfloat16 CPU tensor without autograd, runs the model traced and compiled for that input
-signature (shape, dtype, thread count, the weights' identity and version; not the input's memory layout, since
-every graph takes its input channels-last). The first call for a signature traces, freezes and warms the graph up
-(1-2.5 s at 224x224), then compares its output with the module form's on that input; a model that does not trace,
-or whose traced output disagrees, keeps the module form for that signature (:attr:`GraphForward.fallbacks` says
-why). Every other call (autograd, tracing, export, ``torch.compile``, fx, a model in train mode, a forward hook on
-any submodule, a dispatch or function mode such as FlopCounterMode, keyword arguments, another device) runs the
-module form, so the model is never wrong, only not faster. Per-layer tools that hook submodules see the module form.
+signature (shape, dtype, thread count, the weights' identity and version, and the modules, parameters and buffers
+assigned to the model since; not the input's memory layout, since every graph takes its input channels-last). The
+first call for a signature traces, freezes and warms the graph up (1-2.5 s at 224x224), then compares its output
+with the module form's on that input; a model that does not trace, or whose traced output disagrees, keeps the
+module form for that signature (:attr:`GraphForward.fallbacks` says why). Every other call (autograd, tracing,
+export, ``torch.compile``, fx, a model in train mode, a forward hook on any submodule, a dispatch or function mode
+such as FlopCounterMode, keyword arguments, another device) runs the module form, so the model is never wrong, only
+not faster. Per-layer tools that hook submodules see the module form.
 
 Limits, said plainly: TorchScript is deprecated upstream (PyTorch 2.x prints FutureWarnings for ``torch.jit.trace``;
 they are silenced here), and a trace bakes in Python control flow for the traced shape, so a model whose forward
 branches on tensor *values* would be traced for the first input's branch; the check against the module form on
-that input catches a disagreement only for that input.
+that input catches a disagreement only for that input. Likewise a plain attribute the forward branches on (a flag
+set after the first calls) or a deleted submodule is not seen: neither goes through PyTorch's registration hooks.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import functools
 import operator
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +56,22 @@ _requires_grad = operator.attrgetter("requires_grad")
 TRACE_LAYOUT = torch.channels_last
 _CACHE_SIZE = 8  # input signatures kept compiled per model (each holds frozen weights and compiled partitions)
 _WARMUP_CALLS = 3  # the profiling executor records shapes on the first call and fuses on the next
+# Submodule -> the GraphForwards of the models it belongs to. A module, parameter or buffer assigned to one of
+# them (``model.fc = nn.Linear(...)``, ``conv.weight = nn.Parameter(...)``) goes through PyTorch's global
+# registration hooks, which count it as an edit of those models: their next call re-reads the model and compiles
+# anew. Without this, a graph traced before the edit would keep running (the tensors it watched are unchanged).
+_OWNERS: "weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet]" = weakref.WeakKeyDictionary()
+
+
+def _edited(module: nn.Module, name: str, value: Any) -> None:
+    for forward in _OWNERS.get(module, ()):
+        forward.edits += 1
+
+
+for _register in (torch.nn.modules.module.register_module_module_registration_hook,
+                  torch.nn.modules.module.register_module_parameter_registration_hook,
+                  torch.nn.modules.module.register_module_buffer_registration_hook):
+    _register(_edited)
 
 
 @functools.cache
@@ -78,10 +97,11 @@ class GraphForward:
         self._cache: dict[tuple, Any] = {}  # signature -> frozen ScriptModule, or a reason string (module form)
         self.fallbacks: dict[str, str] = {}  # signature (readable) -> why it runs the module form
         self.compile_seconds: dict[str, float] = {}  # signature (readable) -> trace, freeze, warm-up and check
+        self.edits = 0  # assignments of modules, parameters or buffers to the model since it was fused
 
     # The compiled graphs hold TorchScript objects, which neither copy nor pickle: a copy starts without them.
     def __getstate__(self) -> dict:
-        return {"model": self.model, "_cache": {}, "fallbacks": {}, "compile_seconds": {}}
+        return {"model": self.model, "_cache": {}, "fallbacks": {}, "compile_seconds": {}, "edits": 0}
 
     def __deepcopy__(self, memo: dict) -> "GraphForward":
         clone = GraphForward.__new__(GraphForward)
@@ -123,12 +143,15 @@ class GraphForward:
         version, which the signature reads). Tensors made under ``torch.inference_mode`` (a model fused there) have
         no version counter: only inference mode may change them in place, and such a change is not seen."""
         watched = self.__dict__.get("_watched")
-        if watched is None:
+        if watched is None or watched[0] != self.edits:
             modules = [m for m in self.model.modules() if m is not self.model]
+            for m in (self.model, *modules):
+                _OWNERS.setdefault(m, weakref.WeakSet()).add(self)
             hooks = [d for m in modules for d in (m._forward_hooks, m._forward_pre_hooks)]
             tensors = [*self.model.parameters(), *self.model.buffers()]
-            watched = self.__dict__["_watched"] = (hooks, tensors, [t for t in tensors if not t.is_inference()])
-        return watched
+            watched = self.__dict__["_watched"] = (self.edits, hooks, tensors,
+                                                   [t for t in tensors if not t.is_inference()])
+        return watched[1:]
 
     def _signature(self, x: torch.Tensor) -> tuple | None:
         """The input's and the weights' identity; None where a submodule's hook or a weight that requires grad rules
@@ -139,7 +162,7 @@ class GraphForward:
             return None
         # No layout: every graph is traced channels-last and given its input so (one graph, one weight copy, for
         # NCHW and channels-last callers alike).
-        return (tuple(x.shape), x.dtype, torch.get_num_threads(),
+        return (tuple(x.shape), x.dtype, torch.get_num_threads(), self.edits,
                 tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(_version, versioned)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -151,8 +174,10 @@ class GraphForward:
             return self.module_forward(x)
         compiled = self._cache.get(key)
         if compiled is None:
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
+            if any(old[3:] != key[3:] for old in self._cache):
+                self._cache.clear()  # graphs of earlier weights or structure: stale, each holding a weight copy
+            elif len(self._cache) >= _CACHE_SIZE:
+                del self._cache[next(iter(self._cache))]  # the oldest signature
             self.__dict__.pop("_watched", None)  # re-gathered: modules or parameters may have been replaced
             compiled = self._cache[key] = self._compile(x)
         if isinstance(compiled, str):
