@@ -219,6 +219,23 @@ def test_the_oldest_signature_makes_room(monkeypatch):
         assert len(forward._cache) == 1  # new weights: the graphs of the old ones are gone
 
 
+def test_ever_new_shapes_stop_compiling_after_a_budget(monkeypatch):
+    monkeypatch.setattr(onednn_graph, "_CACHE_SIZE", 1)
+    monkeypatch.setattr(onednn_graph, "_COMPILE_BUDGET", 2)
+    model = eval_model("resnet18")
+    fast = fuse(model, onednn=True)
+    forward = graph_forward(fast)
+    with torch.no_grad():
+        for batch in (1, 2, 3):
+            x = torch.randn(batch, 3, 64, 64)
+            assert_close_to(fast(x), model(x))
+        assert len(forward.compile_seconds) == 2 and "new input signatures" in forward.fallbacks
+        other = eval_model("resnet18", seed=1)
+        fast.load_state_dict(fuse(other).state_dict())  # new weights: a new budget
+        assert_close_to(fast(x), other(x))
+        assert len(forward.compile_seconds) == 3 and forward.compiled == 1
+
+
 @pytest.mark.parametrize("graph", [True, False])
 def test_a_model_fused_under_inference_mode_runs(graph):
     # fuse() inside torch.inference_mode makes inference tensors, which have no version counter to read.

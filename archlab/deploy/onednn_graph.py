@@ -55,6 +55,9 @@ _requires_grad = operator.attrgetter("requires_grad")
 # channels-last there, where NCHW reordered it every time (EfficientNet-B0 at batch 1: 34 reorders, 1.5 ms).
 TRACE_LAYOUT = torch.channels_last
 _CACHE_SIZE = 8  # input signatures kept compiled per model (each holds frozen weights and compiled partitions)
+# Compiles per model and weights before new input signatures run the module form: a stream of ever-new shapes (a
+# detector's image sizes) would otherwise spend 1-2.5 s compiling on every call.
+_COMPILE_BUDGET = 4 * _CACHE_SIZE
 _WARMUP_CALLS = 3  # the profiling executor records shapes on the first call and fuses on the next
 # Submodule -> the GraphForwards of the models it belongs to. A module, parameter or buffer assigned to one of
 # them (``model.fc = nn.Linear(...)``, ``conv.weight = nn.Parameter(...)``) goes through PyTorch's global
@@ -98,10 +101,11 @@ class GraphForward:
         self.fallbacks: dict[str, str] = {}  # signature (readable) -> why it runs the module form
         self.compile_seconds: dict[str, float] = {}  # signature (readable) -> trace, freeze, warm-up and check
         self.edits = 0  # assignments of modules, parameters or buffers to the model since it was fused
+        self._compiles = 0  # compiles since the weights (or the model's structure) last changed
 
     # The compiled graphs hold TorchScript objects, which neither copy nor pickle: a copy starts without them.
     def __getstate__(self) -> dict:
-        return {"model": self.model, "_cache": {}, "fallbacks": {}, "compile_seconds": {}, "edits": 0}
+        return {"model": self.model, "_cache": {}, "fallbacks": {}, "compile_seconds": {}, "edits": 0, "_compiles": 0}
 
     def __deepcopy__(self, memo: dict) -> "GraphForward":
         clone = GraphForward.__new__(GraphForward)
@@ -176,9 +180,15 @@ class GraphForward:
         if compiled is None:
             if any(old[3:] != key[3:] for old in self._cache):
                 self._cache.clear()  # graphs of earlier weights or structure: stale, each holding a weight copy
-            elif len(self._cache) >= _CACHE_SIZE:
+                self._compiles = 0
+            if self._compiles >= _COMPILE_BUDGET:
+                self.fallbacks["new input signatures"] = (
+                    f"{_COMPILE_BUDGET} input signatures compiled for these weights: new ones run the module form")
+                return self.module_forward(x)
+            if len(self._cache) >= _CACHE_SIZE:
                 del self._cache[next(iter(self._cache))]  # the oldest signature
             self.__dict__.pop("_watched", None)  # re-gathered: modules or parameters may have been replaced
+            self._compiles += 1
             compiled = self._cache[key] = self._compile(x)
         if isinstance(compiled, str):
             return self.module_forward(x)
