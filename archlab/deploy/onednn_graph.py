@@ -166,8 +166,9 @@ class GraphForward:
             return None
         # No layout: every graph is traced channels-last and given its input so (one graph, one weight copy, for
         # NCHW and channels-last callers alike).
-        return (tuple(x.shape), x.dtype, torch.get_num_threads(), self.edits,
-                tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(_version, versioned)))
+        # Last, the model's own part: what makes every graph compiled before it stale when it changes.
+        model_state = (self.edits, tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(_version, versioned)))
+        return tuple(x.shape), x.dtype, torch.get_num_threads(), model_state
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self._applies(args, kwargs):
@@ -178,7 +179,7 @@ class GraphForward:
             return self.module_forward(x)
         compiled = self._cache.get(key)
         if compiled is None:
-            if any(old[3:] != key[3:] for old in self._cache):
+            if any(old[-1] != key[-1] for old in self._cache):
                 self._cache.clear()  # graphs of earlier weights or structure: stale, each holding a weight copy
                 self._compiles = 0
             if self._compiles >= _COMPILE_BUDGET:

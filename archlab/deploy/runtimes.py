@@ -222,5 +222,6 @@ def agreement_tolerance(precision: str, scale: float) -> float:
     return (1e-4 if precision == "fp32" else 5e-2) * scale
 
 
-__all__ = ["CPU_ONLY", "EXTRA", "FUSED", "PACKAGES", "RUNTIMES", "Prepared", "RuntimeUnavailable", "agreement_tolerance",
-           "check_runtimes", "import_runtime", "openvino_compiled", "ort_session", "prepare", "unsupported"]
+__all__ = ["CPU_ONLY", "EXTRA", "FUSED", "PACKAGES", "RUNTIMES", "Prepared", "RuntimeUnavailable",
+           "agreement_tolerance", "check_runtimes", "import_runtime", "openvino_compiled", "ort_session", "prepare",
+           "unsupported"]
