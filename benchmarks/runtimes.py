@@ -11,8 +11,9 @@ roofline bound per model: the sum over its convolutions of max(FLOPs / GEMM rate
 share of that bound spent in layers bound by memory (Williams, Waterman, Patterson 2009, "Roofline: an insightful
 visual performance model", CACM 52(4)).
 
-``--profile`` instead prints where the time of one forward pass goes in ours (a timer around each conv module)
-and in ONNX Runtime (``SessionOptions.enable_profiling``, its per-node kernel times), by kind of layer.
+``--profile`` instead prints where the time of one forward pass goes in ours (oneDNN's own timing of each
+primitive it executes, verbose mode) and in ONNX Runtime (``SessionOptions.enable_profiling``, its per-node kernel
+times), by kind of layer, and what each spends outside its kernels.
 
     python benchmarks/runtimes.py --threads 2 --out benchmarks/results/runtimes.md
     python benchmarks/runtimes.py --profile --models mobilenet_v2 --batches 1
@@ -21,9 +22,12 @@ and in ONNX Runtime (``SessionOptions.enable_profiling``, its per-node kernel ti
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -41,10 +45,10 @@ from archlab.analysis.profile import profile
 from archlab.bench import geometric_mean, write_report
 from archlab.deploy import fuse
 from archlab.deploy.export import export_onnx
-from archlab.deploy.onednn import FusedConv2d
+from archlab.deploy.onednn_graph import graph_forward
 from archlab.deploy.precision import native_bf16
 from archlab.deploy.runtimes import check_runtimes
-from archlab.deploy.timing import bench_runtimes, trained_like_norms
+from archlab.deploy.timing import IDLE_BETWEEN_BLOCKS_S, bench_runtimes, trained_like_norms
 
 MODELS = ["resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
 
@@ -145,36 +149,87 @@ def _kind(cin_per_group: int, cout: int, k: int, cin: int) -> str:
     return "1x1" if k == 1 else ("grouped kxk" if cin_per_group < cin else "dense kxk")
 
 
+# A oneDNN verbose line of an executed primitive: "onednn_verbose,[timestamp,]v1,primitive,exec,cpu,KIND,IMPL,...,
+# PROBLEM,MS". A convolution's problem reads "g32mb1_ic32oc32_ih112oh112kh3sh1dh0ph1_iw112ow112kw3sw1dw0pw1".
+_CONV_PROBLEM = re.compile(r"(?:g(\d+))?mb\d+_ic(\d+)oc(\d+)_.*?kh(\d+).*?kw(\d+)")
+
+
+def _primitive_kind(kind: str, impl: str, attrs: str, problem: str) -> str:
+    if kind != "convolution":
+        return f"other: {kind}"
+    if "dw:" in attrs or impl.startswith("ref_fused_convolution"):
+        return "1x1 + depthwise fused"  # oneDNN's depthwise post-op: an expansion conv and its depthwise conv
+    match = _CONV_PROBLEM.search(problem)
+    if match is None:
+        return "other: convolution"
+    groups, cin, cout, kh, kw = (int(v) if v else 1 for v in match.groups())
+    return _kind(cin // groups, cout, kh * kw, cin)
+
+
+def onednn_primitive_times(text: str) -> dict[str, float]:
+    """ms per kind of primitive in oneDNN verbose output (``ONEDNN_VERBOSE=1`` lines of executed primitives)."""
+    spent: dict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        parts = line.split(",")
+        if not parts[0] == "onednn_verbose" or "primitive" not in parts or "exec" not in parts:
+            continue
+        at = parts.index("exec")
+        try:
+            ms = float(parts[-1])
+        except ValueError:
+            continue
+        spent[_primitive_kind(parts[at + 2], parts[at + 3], ",".join(parts[at + 5:-2]), parts[-2])] += ms
+    return dict(spent)
+
+
+@contextlib.contextmanager
+def captured_stdout_fd(path: str):
+    """The process's file descriptor 1 (where oneDNN prints its verbose lines, through C stdio) sent to ``path``."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    with open(path, "wb") as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 class OursProfiled:
-    """Our form with a timer around each conv module (its Python and its oneDNN call): ``step()`` runs one
-    forward and returns (ms per conv kind, wall ms)."""
+    """Our form as ``fuse(model, onednn=True)`` gives it (the oneDNN Graph form where it compiles): ``step()`` runs
+    one forward with oneDNN's verbose mode on and returns (ms per kind of oneDNN primitive, as oneDNN timed its
+    executions; that forward's wall ms), ``wall()`` one forward without it (its wall ms): verbose printing slows
+    the forward around the primitives, not inside them."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
-        # The module-by-module form (hooks on its convs would keep the graph form from applying anyway).
-        self.form = fuse(model, onednn=True, graph=False).to(memory_format=torch.channels_last)
+    def __init__(self, model: nn.Module, x: torch.Tensor, tmp: str) -> None:
+        self.form = fuse(model, onednn=True)
         self.x = x.contiguous(memory_format=torch.channels_last)
-        self.spent: dict[str, float] = defaultdict(float)
-        starts: dict[int, float] = {}
+        self.log = os.path.join(tmp, "onednn_verbose.txt")
+        with torch.inference_mode():
+            for _ in range(3):  # compiles the graph for this input and warms it up
+                self.form(self.x)
+        graph = graph_forward(self.form)
+        self.how = ("the oneDNN Graph form" if graph is not None and graph.compiled else
+                    f"the module form ({'; '.join((graph.fallbacks if graph else {}).values()) or 'no oneDNN Graph'})")
 
-        def pre(m: nn.Module, args: tuple) -> None:
-            starts[id(m)] = time.perf_counter()
-
-        def post(m: FusedConv2d, args: tuple, out: torch.Tensor) -> None:
-            k = m.kernel_size[0] * m.kernel_size[1]
-            kind = _kind(m.in_channels // m.groups, m.out_channels, k, m.in_channels)
-            self.spent[kind] += (time.perf_counter() - starts.pop(id(m))) * 1e3
-
-        for m in self.form.modules():
-            if isinstance(m, FusedConv2d):
-                m.register_forward_pre_hook(pre)
-                m.register_forward_hook(post)
-
-    def step(self) -> tuple[dict[str, float], float]:
-        self.spent.clear()
+    def wall(self) -> float:
         with torch.inference_mode():
             t0 = time.perf_counter()
             self.form(self.x)
-            return dict(self.spent), (time.perf_counter() - t0) * 1e3
+            return (time.perf_counter() - t0) * 1e3
+
+    def step(self) -> tuple[dict[str, float], float]:
+        """(ms per kind of primitive, wall ms of that forward with verbose on)."""
+        with torch.inference_mode(), captured_stdout_fd(self.log):
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                t0 = time.perf_counter()
+                self.form(self.x)
+                wall = (time.perf_counter() - t0) * 1e3
+        return onednn_primitive_times(Path(self.log).read_text(errors="replace")), wall
 
 
 class OrtProfiled:
@@ -189,13 +244,20 @@ class OrtProfiled:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.enable_profiling = threads, True
         opts.profile_file_prefix = os.path.join(tmp, "ort")
-        # Spinning off: its threads would otherwise take the cores from our forward right after (same process).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning on, as ONNX Runtime runs in a process of its own: off, its threads sleep between nodes and each
+        # node waits for them to wake (the profile's caller leaves the cores idle before timing ours again).
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        opts.enable_profiling = False
+        self.plain = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])  # for its wall time
         self.feed = {self.session.get_inputs()[0].name: x.numpy()}
 
     def step(self) -> None:
         self.session.run(None, self.feed)
+
+    def wall(self) -> float:
+        t0 = time.perf_counter()
+        self.plain.run(None, self.feed)
+        return (time.perf_counter() - t0) * 1e3
 
     def per_step(self) -> list[tuple[dict[str, float], float]]:
         events = json.loads(Path(self.session.end_profiling()).read_text())
@@ -218,41 +280,71 @@ class OrtProfiled:
         return out
 
 
-def _medians(steps: list[tuple[dict[str, float], float]]) -> tuple[dict[str, float], float]:
-    kinds = {k for spent, _ in steps for k in spent}
-    return ({k: statistics.median(spent.get(k, 0.0) for spent, _ in steps) for k in kinds},
-            statistics.median(wall for _, wall in steps))
+def _median_times(steps: list[dict[str, float]]) -> dict[str, float]:
+    kinds = {k for spent in steps for k in spent}
+    return {k: statistics.median(spent.get(k, 0.0) for spent in steps) for k in kinds}
+
+
+def _row(label: str, ours: float | None, theirs: float | None, bold: bool = False) -> str:
+    o, r = ("" if v is None else f"{v:.2f}" for v in (ours, theirs))
+    ratio = f"{ours / theirs:.2f}" if ours and theirs else ""
+    if bold:
+        label, o, r, ratio = (f"**{v}**" if v else v for v in (label, o, r, ratio))
+    return f"| {label} | {o} | {r} | {ratio} |"
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    print(f"where the time goes: {args.input}x{args.input}, {torch.get_num_threads()} thread(s); ours and ONNX "
-          f"Runtime (profiler on, spinning off) alternated forward by forward in one process, {args.repeats} each "
-          "after 3 warm-up; medians per forward. Ours: a timer around each conv module (Python + oneDNN call); "
-          "ORT: its per-node kernel times, and its run's wall time\n")
+    print(f"where the time goes: {args.input}x{args.input}, {torch.get_num_threads()} thread(s); ours "
+          "(`fuse(model, onednn=True)`) and ONNX Runtime (its spinning on, as in its own process) in one process, "
+          f"{args.repeats} forwards per block, {args.rounds} rounds of four alternated blocks (ours profiled, ours "
+          f"plain, ORT profiled, ORT plain), the cores idle {IDLE_BETWEEN_BLOCKS_S * 1e3:.0f} ms between blocks; "
+          "medians per forward. Kernel rows: ours as oneDNN times each primitive's execution (verbose mode on), "
+          "ONNX Runtime as its profiler times each node. Outside the kernels: ours, its wall time with verbose off "
+          "minus its primitives (TorchScript, PyTorch's oneDNN Graph bridge, the ATen ops between partitions); ONNX "
+          "Runtime, its profiled run's wall minus its nodes (its executor). Time ratios: below 1, ours takes less\n")
     for name in args.models:
         model = archlab.create_model(name).eval()
         trained_like_norms(model)
         for batch in args.batches:
             x = torch.randn(batch, 3, args.input, args.input)
             with tempfile.TemporaryDirectory() as tmp:
-                ours, theirs = OursProfiled(model, x), OrtProfiled(model, x, torch.get_num_threads(), tmp)
-                steps = []
-                for i in range(args.repeats + 3):
-                    step = ours.step()
-                    theirs.step()
-                    if i >= 3:
-                        steps.append(step)
-                ort_ = _medians(theirs.per_step()[3:])
-            ours_ = _medians(steps)
-            print(f"| {name} batch {batch} | ours ms | ONNX Runtime ms | ours / ORT |\n|---|---:|---:|---:|")
-            for kind in sorted(set(ours_[0]) | {k for k in ort_[0] if not k.startswith("other")}):
-                o, r = ours_[0].get(kind, 0.0), ort_[0].get(kind, 0.0)
-                print(f"| {kind} convs | {o:.2f} | {r:.2f} | {o / r if r else float('nan'):.2f} |")
-            others = {k[7:]: v for k, v in ort_[0].items() if k.startswith("other")}
-            print(f"| everything else (ours: wall minus conv modules; ORT: {', '.join(sorted(others))}) | "
-                  f"{ours_[1] - sum(ours_[0].values()):.2f} | {sum(others.values()):.2f} | |")
-            print(f"| ORT's own overhead (run wall minus its kernels) | | {ort_[1] - sum(ort_[0].values()):.2f} | |")
-            print(f"| **forward, wall** | **{ours_[1]:.2f}** | **{ort_[1]:.2f}** | **{ours_[1] / ort_[1]:.2f}** |\n")
+                ours, theirs = OursProfiled(model, x, tmp), OrtProfiled(model, x, torch.get_num_threads(), tmp)
+                kernels, walls, ort_walls = [], [], []
+                # Four kinds of block: ours with verbose on and off, ONNX Runtime's profiled session and its plain
+                # one (two thread pools: each spins after its runs, so they are not interleaved call by call).
+                blocks = [lambda: kernels.append(ours.step()), lambda: walls.append(ours.wall()), theirs.step,
+                          lambda: ort_walls.append(theirs.wall())]
+                for round_ in range(args.rounds):
+                    for block in blocks if round_ % 2 == 0 else blocks[::-1]:
+                        time.sleep(IDLE_BETWEEN_BLOCKS_S)  # the previous block's threads stop spinning
+                        for _ in range(args.repeats):
+                            block()
+                profiled = theirs.per_step()[3:]  # after its warm-up runs
+            mine = _median_times([spent for spent, _ in kernels])
+            wall, ort_wall = statistics.median(walls), statistics.median(ort_walls)
+            verbose_wall = statistics.median(w for _, w in kernels)
+            ort_kernels = _median_times([spent for spent, _ in profiled])
+            ort_profiled_wall = statistics.median(run_wall for _, run_wall in profiled)
+            print(f"ours: {ours.how}\n")
+            print(f"| {name} batch {batch} | ours ms | ONNX Runtime ms | ours / ORT (time) |\n|---|---:|---:|---:|")
+            convs = sorted(k for k in set(mine) | set(ort_kernels) if not k.startswith("other"))
+            for kind in convs:
+                print(_row(f"{kind} convs", mine.get(kind), ort_kernels.get(kind)))
+            conv_sums = [sum(d.get(k, 0.0) for k in convs) for d in (mine, ort_kernels)]
+            print(_row("all convs (with what each runtime fuses into them)", *conv_sums))
+            for label, spent in (("ours", mine), ("ONNX Runtime", ort_kernels)):
+                others = {k[7:]: v for k, v in spent.items() if k.startswith("other")}
+                if others:
+                    listed = ", ".join(f"{k} {v:.2f}" for k, v in sorted(others.items()))
+                    total = sum(others.values())
+                    cells = (total, None) if label == "ours" else (None, total)
+                    print(_row(f"other kernels, {label} ({listed})", *cells))
+            mine_total, ort_total = sum(mine.values()), sum(ort_kernels.values())
+            print(_row("all kernels", mine_total, ort_total))
+            print(_row("outside the kernels", wall - mine_total, ort_profiled_wall - ort_total))
+            print(_row("forward, wall with the profilers on (what they add is in the rows above)", verbose_wall,
+                       ort_profiled_wall))
+            print(_row("forward, wall (profilers off)", wall, ort_wall, bold=True) + "\n")
     return 0
 
 

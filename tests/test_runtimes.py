@@ -248,7 +248,29 @@ def test_runtimes_profile_splits_the_forward_by_layer_kind(capsys):
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "| depthwise convs |" in out and "| 1x1 convs |" in out and "**forward, wall**" in out
+    assert "| depthwise convs |" in out and "| 1x1 convs |" in out and "**forward, wall (profilers off)**" in out
+    assert "| all kernels |" in out and "| outside the kernels |" in out
+
+
+def test_onednn_verbose_lines_are_summed_by_kind_of_primitive():
+    # The --profile parser on oneDNN's verbose format (v1: optional timestamp, problem and ms as the last fields).
+    parse = load_script("runtimes").onednn_primitive_times
+    text = "\n".join([
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brdgmm_dw:avx512_core,forward_inference,src:f32::blocked:"
+        "acdb::f0 dst:f32::blocked:acdb::f0,attr-post-ops:eltwise_swish:1,alg:convolution_direct,"
+        "g32mb1_ic32oc32_ih112oh112kh3sh1dh0ph1_iw112ow112kw3sw1dw0pw1,0.5",
+        "onednn_verbose,1764600000.1,v1,primitive,exec,cpu,convolution,brgconv_1x1:avx512_core,forward_inference,"
+        "src:f32::blocked:acdb::f0,attr-scratchpad:user,alg:convolution_direct,"
+        "mb1_ic32oc16_ih112oh112kh1sh1dh0ph0_iw112ow112kw1sw1dw0pw0,0.25",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,ref_fused_convolution:any,forward_inference,src:f32,"
+        "attr-post-ops:eltwise_clip_v2:0:6+dw:k3s2p1+eltwise_clip_v2:0:6,alg:convolution_direct,"
+        "mb1_ic16oc96_ih112oh112kh1sh1dh0ph0_iw112ow112kw1sw1dw0pw0,0.125",
+        "onednn_verbose,v1,primitive,exec,cpu,binary,jit:uni,undef,src:f32,attr-scratchpad:user,alg:binary_mul,"
+        "1x32x112x112:1x32x1x1,0.0625",
+        "onednn_verbose,v1,primitive,create:cache_hit,cpu,convolution,brgconv_1x1:avx512_core,x,y,z,mb1_ic1oc1,9.0",
+        "some other line",
+    ])
+    assert parse(text) == {"depthwise": 0.5, "1x1": 0.25, "1x1 + depthwise fused": 0.125, "other: binary": 0.0625}
 
 
 @bf16_kernels
