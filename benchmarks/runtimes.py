@@ -43,7 +43,7 @@ from torch import nn
 import archlab
 from archlab.analysis.profile import profile
 from archlab.bench import geometric_mean, write_report
-from archlab.deploy import fuse
+from archlab.deploy import fuse, keep_freed_memory
 from archlab.deploy.export import export_onnx
 from archlab.deploy.onednn_graph import graph_forward
 from archlab.deploy.precision import native_bf16
@@ -222,6 +222,14 @@ class OursProfiled:
             self.form(self.x)
             return (time.perf_counter() - t0) * 1e3
 
+    def aten_ops(self) -> dict[str, float]:
+        """ms per ATen op run outside oneDNN's partitions (torch.profiler's self times) in one forward: what the
+        graph leaves to PyTorch (squeeze-excitation's mean, the pool), or every op of the module form."""
+        with torch.inference_mode(), torch.profiler.profile() as prof:
+            self.form(self.x)
+        return {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()
+                if e.key.startswith("aten::") and e.self_cpu_time_total > 0}
+
     def step(self) -> tuple[dict[str, float], float]:
         """(ms per kind of primitive, wall ms of that forward with verbose on)."""
         with torch.inference_mode(), captured_stdout_fd(self.log):
@@ -294,14 +302,17 @@ def _row(label: str, ours: float | None, theirs: float | None, bold: bool = Fals
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    print(f"where the time goes: {args.input}x{args.input}, {torch.get_num_threads()} thread(s); ours "
-          "(`fuse(model, onednn=True)`) and ONNX Runtime (its spinning on, as in its own process) in one process, "
-          f"{args.repeats} forwards per block, {args.rounds} rounds of four alternated blocks (ours profiled, ours "
-          f"plain, ORT profiled, ORT plain), the cores idle {IDLE_BETWEEN_BLOCKS_S * 1e3:.0f} ms between blocks; "
+    # As ours is timed in the comparison (ONNX Runtime keeps its own arena); a setting of the whole process.
+    kept = not args.no_kept_memory and keep_freed_memory()
+    print(f"where the time goes: {args.input}x{args.input}, {torch.get_num_threads()} thread(s), freed memory kept "
+          f"for reuse in this process: {'yes' if kept else 'no'}; ours (`fuse(model, onednn=True)`) and ONNX "
+          f"Runtime (its spinning on, as in its own process) in one process, {args.repeats} forwards per block, "
+          f"{args.rounds} rounds of four alternated blocks (ours profiled, ours plain, ORT profiled, ORT plain), "
+          f"the cores idle {IDLE_BETWEEN_BLOCKS_S * 1e3:.0f} ms between blocks; "
           "medians per forward. Kernel rows: ours as oneDNN times each primitive's execution (verbose mode on), "
-          "ONNX Runtime as its profiler times each node. Outside the kernels: ours, its wall time with verbose off "
-          "minus its primitives (TorchScript, PyTorch's oneDNN Graph bridge, the ATen ops between partitions); ONNX "
-          "Runtime, its profiled run's wall minus its nodes (its executor). Time ratios: below 1, ours takes less\n")
+          "ONNX Runtime as its profiler times each node; ours' ATen ops as torch.profiler times them (self time). "
+          "Outside: ours, its wall time with verbose off minus its primitives and ATen ops; ONNX Runtime, its "
+          "profiled run's wall minus its nodes. Time ratios: below 1, ours takes less\n")
     for name in args.models:
         model = archlab.create_model(name).eval()
         trained_like_norms(model)
@@ -309,11 +320,12 @@ def run_profile(args: argparse.Namespace) -> int:
             x = torch.randn(batch, 3, args.input, args.input)
             with tempfile.TemporaryDirectory() as tmp:
                 ours, theirs = OursProfiled(model, x, tmp), OrtProfiled(model, x, torch.get_num_threads(), tmp)
-                kernels, walls, ort_walls = [], [], []
-                # Four kinds of block: ours with verbose on and off, ONNX Runtime's profiled session and its plain
-                # one (two thread pools: each spins after its runs, so they are not interleaved call by call).
-                blocks = [lambda: kernels.append(ours.step()), lambda: walls.append(ours.wall()), theirs.step,
-                          lambda: ort_walls.append(theirs.wall())]
+                kernels, walls, aten, ort_walls = [], [], [], []
+                # Five kinds of block: ours with verbose on, off, and under torch.profiler, ONNX Runtime's profiled
+                # session and its plain one (two thread pools: each spins after its runs, so not interleaved call by
+                # call).
+                blocks = [lambda: kernels.append(ours.step()), lambda: walls.append(ours.wall()),
+                          lambda: aten.append(ours.aten_ops()), theirs.step, lambda: ort_walls.append(theirs.wall())]
                 for round_ in range(args.rounds):
                     for block in blocks if round_ % 2 == 0 else blocks[::-1]:
                         time.sleep(IDLE_BETWEEN_BLOCKS_S)  # the previous block's threads stop spinning
@@ -321,6 +333,8 @@ def run_profile(args: argparse.Namespace) -> int:
                             block()
                 profiled = theirs.per_step()[3:]  # after its warm-up runs
             mine = _median_times([spent for spent, _ in kernels])
+            # oneDNN primitives run by an ATen op (the module form's convs) are in the kernel rows already.
+            aten_ms = _median_times([{k: v for k, v in ops.items() if "mkldnn" not in k} for ops in aten])
             wall, ort_wall = statistics.median(walls), statistics.median(ort_walls)
             verbose_wall = statistics.median(w for _, w in kernels)
             ort_kernels = _median_times([spent for spent, _ in profiled])
@@ -341,7 +355,12 @@ def run_profile(args: argparse.Namespace) -> int:
                     print(_row(f"other kernels, {label} ({listed})", *cells))
             mine_total, ort_total = sum(mine.values()), sum(ort_kernels.values())
             print(_row("all kernels", mine_total, ort_total))
-            print(_row("outside the kernels", wall - mine_total, ort_profiled_wall - ort_total))
+            top = sorted(aten_ms.items(), key=lambda kv: -kv[1])
+            listed = ", ".join(f"{k.removeprefix('aten::')} {v:.2f}" for k, v in top[:6] if v >= 0.005)
+            aten_total = sum(aten_ms.values())
+            print(_row(f"ours: ATen ops between the partitions ({listed or 'none'})", aten_total, None))
+            print(_row("outside all of these (ours: TorchScript and PyTorch's oneDNN Graph bridge; ORT: its executor)",
+                       wall - mine_total - aten_total, ort_profiled_wall - ort_total))
             print(_row("forward, wall with the profilers on (what they add is in the rows above)", verbose_wall,
                        ort_profiled_wall))
             print(_row("forward, wall (profilers off)", wall, ort_wall, bold=True) + "\n")
@@ -364,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--same-process", action="store_true", help="all runtimes in this process (tests)")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--profile", action="store_true", help="per-layer-kind profile of ours and ONNX Runtime instead")
+    p.add_argument("--no-kept-memory", action="store_true",
+                   help="--profile: leave this process's malloc as it is (tests; keep_freed_memory() otherwise)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/runtimes.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
