@@ -183,19 +183,21 @@ def onednn_primitive_times(text: str) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def captured_stdout_fd(path: str):
-    """The process's file descriptor 1 (where oneDNN prints its verbose lines, through C stdio) sent to ``path``."""
+def captured_fd(path: str, fd: int = 1):
+    """The process's file descriptor ``fd`` sent to ``path``: 1 is where oneDNN prints its verbose lines (through C
+    stdio), 2 where the profiler's C++ side logs each session's start and stop."""
     libc = ctypes.CDLL(None)
     sys.stdout.flush()
+    sys.stderr.flush()
     libc.fflush(None)
-    saved = os.dup(1)
+    saved = os.dup(fd)
     with open(path, "wb") as sink:
-        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), fd)
         try:
             yield
         finally:
             libc.fflush(None)
-            os.dup2(saved, 1)
+            os.dup2(saved, fd)
             os.close(saved)
 
 
@@ -225,14 +227,14 @@ class OursProfiled:
     def aten_ops(self) -> dict[str, float]:
         """ms per ATen op run outside oneDNN's partitions (torch.profiler's self times) in one forward: what the
         graph leaves to PyTorch (squeeze-excitation's mean, the pool), or every op of the module form."""
-        with torch.inference_mode(), torch.profiler.profile() as prof:
+        with captured_fd(self.log + ".profiler", 2), torch.inference_mode(), torch.profiler.profile() as prof:
             self.form(self.x)
         return {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()
                 if e.key.startswith("aten::") and e.self_cpu_time_total > 0}
 
     def step(self) -> tuple[dict[str, float], float]:
         """(ms per kind of primitive, wall ms of that forward with verbose on)."""
-        with torch.inference_mode(), captured_stdout_fd(self.log):
+        with torch.inference_mode(), captured_fd(self.log):
             with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
                 t0 = time.perf_counter()
                 self.form(self.x)
@@ -307,7 +309,8 @@ def run_profile(args: argparse.Namespace) -> int:
     print(f"where the time goes: {args.input}x{args.input}, {torch.get_num_threads()} thread(s), freed memory kept "
           f"for reuse in this process: {'yes' if kept else 'no'}; ours (`fuse(model, onednn=True)`) and ONNX "
           f"Runtime (its spinning on, as in its own process) in one process, {args.repeats} forwards per block, "
-          f"{args.rounds} rounds of four alternated blocks (ours profiled, ours plain, ORT profiled, ORT plain), "
+          f"{args.rounds} rounds of five alternated blocks (ours with oneDNN's verbose mode, plain, under torch."
+          "profiler; ORT profiled, plain), "
           f"the cores idle {IDLE_BETWEEN_BLOCKS_S * 1e3:.0f} ms between blocks; "
           "medians per forward. Kernel rows: ours as oneDNN times each primitive's execution (verbose mode on), "
           "ONNX Runtime as its profiler times each node; ours' ATen ops as torch.profiler times them (self time). "
