@@ -8,6 +8,7 @@ channels-last) and in ONNX Runtime (the block's BatchNorm-folded ONNX export, fe
 Runtime's spinning threads would steal the cores from ours in a shared one); the parent asks the two processes in
 turn for a few timed steps of one block, the cores idle between turns, block after block, for ``--rounds`` rounds
 (order reversed every round), so both runtimes meet the same phases of a shared machine; medians over all steps.
+Ours' process keeps freed memory for reuse (``archlab.deploy.keep_freed_memory``), as ``archlab bench --runtime``'s.
 
 Read the block rows as attribution, not as the whole model's speed: cut out, a block pays in ONNX Runtime a layout
 conversion at its input and output (its NCHWc reorders) that inside the whole model it pays once, so block ratios
@@ -36,7 +37,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import archlab
-from archlab.deploy import fuse
+from archlab.deploy import fuse, keep_freed_memory
 from archlab.deploy.runtimes import ort_session
 
 
@@ -98,6 +99,12 @@ def worker(args: argparse.Namespace) -> None:
     """One runtime holding every block of one model and the model itself, compiled; answers ``time I N`` on stdin
     (one untimed step, then N timed: their seconds as a JSON line) until ``quit``."""
     torch.set_num_threads(args.threads)
+    if args.runtime == "ours":
+        # As `archlab bench --runtime fused` times ours (ONNX Runtime keeps its own arena). Without it a block could
+        # meet fresh pages on every call in one process and not in another: MobileNetV2's features.2 (its fused
+        # expansion and stride-2 depthwise conv) made 479-1,140 page faults per call, and ran 1.7-3.4x slower, in two of
+        # five processes (glibc's mmap threshold moves with the process's allocation history).
+        keep_freed_memory()
     torch.manual_seed(0)
     model = archlab.create_model(args.worker_model).eval()
     x = torch.randn(args.batch, model.in_chans, args.input, args.input, generator=torch.Generator().manual_seed(0))
@@ -180,7 +187,8 @@ def compare(name: str, args: argparse.Namespace) -> list[str]:
                      f"{theirs / ours:.2f} |")
     geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
     lines += ["", f"Geometric mean of the block ratios: {geo:.2f}. Medians of {args.rounds} alternated rounds x "
-              f"{args.steps} steps per runtime and block, the cores idle {args.idle * 1000:.0f} ms before each.", ""]
+              f"{args.steps} steps per runtime and block, the cores idle {args.idle * 1000:.0f} ms before each; "
+              "ours' process keeps freed memory for reuse.", ""]
     return lines
 
 
