@@ -171,7 +171,7 @@ def onednn_primitive_times(text: str) -> dict[str, float]:
     spent: dict[str, float] = defaultdict(float)
     for line in text.splitlines():
         parts = line.split(",")
-        if not parts[0] == "onednn_verbose" or "primitive" not in parts or "exec" not in parts:
+        if parts[0] != "onednn_verbose" or "primitive" not in parts or "exec" not in parts:
             continue
         at = parts.index("exec")
         try:
