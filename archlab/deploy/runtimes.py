@@ -10,6 +10,9 @@ in one of them (``Prepared``); :func:`archlab.deploy.timing.bench_runtimes` time
   as one oneDNN primitive, module by module (:mod:`archlab.deploy.onednn`).
 - ``compile``: ``torch.compile`` (inductor) with freezing, channels-last: weights become constants that inductor
   folds and prepacks. Needs a C++ compiler on CPU.
+- ``plan``: the BatchNorm-folded model as a fixed list of oneDNN primitives run through oneDNN's C API
+  (:mod:`archlab.deploy.primitive_plan`), built for the input's shape; float32, CPU, needs the ``onednn-cpu-gomp``
+  package (in the ``deploy`` extra).
 - ``onnxruntime``: the BatchNorm-folded model exported to ONNX (:func:`archlab.deploy.export.export_onnx`), run by
   ONNX Runtime's CPU provider with all graph optimisations (its NCHWc layout transform, conv + activation fusion).
   float32 only: its CPU provider has no bf16 convolutions.
@@ -40,12 +43,12 @@ from torch import nn
 from archlab.deploy.onednn_graph import graph_forward
 from archlab.deploy.precision import DTYPES, check_precision, require_bf16
 
-RUNTIMES = ("eager", "fused", "fused-modules", "compile", "onnxruntime", "openvino")
+RUNTIMES = ("eager", "fused", "fused-modules", "compile", "plan", "onnxruntime", "openvino")
 FUSED = ("fused", "fused-modules")  # archlab's inference forms
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # runtime -> the package it needs
 EXTRA = 'pip install -e ".[deploy]"'
-CPU_ONLY = ("onnxruntime", "openvino")  # as installed here: ONNX Runtime's and OpenVINO's CPU plugins
-FP32_ONLY = ("onnxruntime",)  # ONNX Runtime's CPU provider has no bf16 convolutions
+CPU_ONLY = ("plan", "onnxruntime", "openvino")  # as installed here: ONNX Runtime's and OpenVINO's CPU plugins
+FP32_ONLY = ("plan", "onnxruntime")  # ONNX Runtime's CPU provider has no bf16 convolutions; a plan is fp32 for now
 
 
 class RuntimeUnavailable(ValueError):
@@ -61,6 +64,15 @@ def import_runtime(runtime: str):
     except ImportError:
         raise RuntimeUnavailable(f"runtime {runtime} needs the {package} package, which is not installed: "
                                  f"{EXTRA}") from None
+
+
+def _plan_library():
+    from archlab.deploy import dnnl_capi
+
+    try:
+        return dnnl_capi.library()
+    except dnnl_capi.Unavailable as error:
+        raise RuntimeUnavailable(f"runtime plan: {error}") from None
 
 
 def unsupported(runtime: str, precision: str, device: str) -> str | None:
@@ -89,6 +101,8 @@ def check_runtimes(runtimes: Sequence[str], precisions: Sequence[str], device: s
             raise ValueError(reasons[0])
         if runtime in PACKAGES:
             import_runtime(runtime)
+        if runtime == "plan":
+            _plan_library()
         pairs += [(runtime, p) for p, why in zip(precisions, reasons) if why is None]
     if device == "cpu" and "bf16" in precisions:
         require_bf16()
@@ -176,6 +190,13 @@ def prepare(runtime: str, model: nn.Module, example: torch.Tensor, precision: st
         return Prepared(runtime, precision, _ov_runner(compiled),
                         f"openvino {import_runtime(runtime).get_version().split('-')[0]} CPU, static shape, "
                         f"INFERENCE_PRECISION_HINT {'bf16' if precision == 'bf16' else 'f32'}")
+    if runtime == "plan":
+        from archlab.deploy.primitive_plan import build_plan
+
+        lib = _plan_library()
+        plan = build_plan(fuse(model), example, threads)
+        return Prepared(runtime, precision, plan, f"oneDNN v{'.'.join(map(str, lib.version))} primitives through "
+                        f"its C API, {len(plan.steps)} steps, channels-last")
     fmt = torch.contiguous_format if runtime == "eager" else torch.channels_last
     if runtime in FUSED:
         graph = runtime == "fused"

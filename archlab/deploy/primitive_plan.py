@@ -1,0 +1,518 @@
+"""A model's whole forward pass as a fixed list of oneDNN primitives, built once per input shape and run back to back
+through oneDNN's C API (:mod:`archlab.deploy.dnnl_capi`), with every buffer allocated once.
+
+Why. The graph form (:mod:`archlab.deploy.onednn_graph`) runs oneDNN's kernels as fast as ONNX Runtime runs its own,
+but at batch 1 it pays 0.7-1.4 ms per forward around them: TorchScript's interpreter, the oneDNN Graph bridge's
+guards and run arguments (14-26 us per partition), a PyTorch tensor allocated for every partition's output, and the
+squeeze-excitation mean and multiply run as ATen ops (docs/deployment.md section 2b). Here a forward is one ctypes
+call per primitive into a plan that already holds every primitive, memory object and argument list.
+
+What a plan is. The BatchNorm-folded model (:func:`archlab.deploy.fuse`) traced by torch.fx; each node in order
+becomes a primitive: a convolution takes the activations, the residual add and the activation after it that follow
+it (single readers only) as post-ops; a linear layer its activation; a spatial mean (``AdaptiveAvgPool2d(1)``,
+``x.mean((2, 3))``) is a reduction; squeeze-excitation's scaling multiply is a broadcast binary primitive; max
+pooling a pooling primitive; ``flatten`` of a 1x1 map a view. Weights are reordered once into the layout oneDNN
+picks for each convolution. Activations are channels-last (``nhwc``) between primitives, as in the graph form.
+Anything else in the graph (another op, a flatten of a larger map) is refused with :class:`NotPlannable`, naming it.
+
+Scope: float32 CPU inference of a model traced for one input shape; the input may be NCHW or channels-last (it is
+reordered into the plan's layout by a first primitive); the output is a new tensor on every call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from archlab.deploy import dnnl_capi as capi
+from archlab.deploy.graph import Tracer, _Trunk, is_eval_identity
+
+
+class NotPlannable(ValueError):
+    """The model holds something a primitive plan does not run (the message names the node)."""
+
+
+# Activation -> (oneDNN eltwise algorithm, alpha, beta), as PyTorch defines each.
+_ELTWISE: dict[object, tuple[int, float, float]] = {
+    nn.ReLU: (capi.ELTWISE_RELU, 0.0, 0.0),
+    nn.ReLU6: (capi.ELTWISE_CLIP, 0.0, 6.0),
+    nn.Hardswish: (capi.ELTWISE_HARDSWISH, 1 / 6, 0.5),
+    nn.Hardsigmoid: (capi.ELTWISE_HARDSIGMOID, 1 / 6, 0.5),
+    nn.SiLU: (capi.ELTWISE_SWISH, 1.0, 0.0),
+    nn.Sigmoid: (capi.ELTWISE_LOGISTIC, 0.0, 0.0),
+}
+_FUNCTIONAL = {F.relu: nn.ReLU, torch.relu: nn.ReLU, F.relu6: nn.ReLU6, F.hardswish: nn.Hardswish,
+               F.hardsigmoid: nn.Hardsigmoid, F.silu: nn.SiLU, torch.sigmoid: nn.Sigmoid,
+               "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+_ADDS = (operator.add, operator.iadd, torch.add)
+_MULS = (operator.mul, operator.imul, torch.mul)
+
+
+@dataclass
+class _Value:
+    """A tensor of the plan: its dims (PyTorch's order), oneDNN memory descriptor and memory object."""
+    dims: tuple[int, ...]
+    md: int
+    memory: int
+
+
+@dataclass
+class _Step:
+    name: str
+    primitive: int
+    args: ctypes.Array
+    impl: str = ""
+
+
+@dataclass
+class PrimitivePlan:
+    """The compiled plan for one input shape and layout; call it with such an input."""
+    input_shape: tuple[int, ...]
+    channels_last_input: bool
+    threads: int
+    output_shape: tuple[int, ...] = ()
+    steps: list[_Step] = field(default_factory=list)
+    _keep: list = field(default_factory=list)  # weights, descriptors and arrays the primitives point at
+    _input_memory: int = 0
+    _output_memory: int = 0
+    _calls: list = field(default_factory=list)
+    arena_bytes: int = 0  # the activations' memory, reused across layers
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape) != self.input_shape or x.dtype != torch.float32 or x.device.type != "cpu":
+            raise ValueError(f"this plan runs float32 CPU input of shape {self.input_shape}, got {x.dtype} "
+                             f"{x.device.type} {tuple(x.shape)}")
+        layout = torch.channels_last if self.channels_last_input else torch.contiguous_format
+        if not x.is_contiguous(memory_format=layout):
+            x = x.contiguous(memory_format=layout)
+        lib = capi.library()
+        out = torch.empty(self.output_shape)
+        lib.dnnl_memory_set_data_handle(ctypes.c_void_p(self._input_memory), ctypes.c_void_p(x.data_ptr()))
+        lib.dnnl_memory_set_data_handle(ctypes.c_void_p(self._output_memory), ctypes.c_void_p(out.data_ptr()))
+        lib.set_threads(self.threads)
+        execute, stream = lib.execute, lib.stream
+        for primitive, count, args in self._calls:
+            if execute(primitive, stream, count, args):
+                raise capi.DnnlError("dnnl_primitive_execute failed")
+        lib.dnnl_stream_wait(ctypes.c_void_p(stream))
+        return out
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(step, oneDNN implementation) for each primitive, in order."""
+        return [(s.name, s.impl) for s in self.steps]
+
+
+class _Builder:
+    def __init__(self, root: nn.Module, graph: fx.Graph, plan: PrimitivePlan) -> None:
+        self.lib = capi.library()
+        self.root, self.graph, self.plan = root, graph, plan
+        self.modules = dict(root.named_modules())
+        self.values: dict[fx.Node, _Value] = {}
+        self.done: set[fx.Node] = set()
+        self.activations: dict[int, tuple[int, int | None]] = {}  # memory -> (bytes, the memory it aliases)
+
+    # -- oneDNN objects -------------------------------------------------------------------------------------------
+    def md(self, dims, tag: int) -> int:
+        handle = self.lib.new("dnnl_memory_desc_create_with_tag", len(dims), capi.dims(dims), capi.F32, tag)
+        self.plan._keep.append(("md", handle))
+        return handle
+
+    def act_md(self, dims) -> int:
+        return self.md(dims, capi.TAG_ACDB if len(dims) == 4 else capi.TAG_AB if len(dims) == 2 else capi.TAG_A)
+
+    def memory(self, md: int, handle=capi.MEMORY_ALLOCATE) -> int:
+        memory = self.lib.new("dnnl_memory_create", ctypes.c_void_p(md), ctypes.c_void_p(self.lib.engine), handle)
+        self.plan._keep.append(("memory", memory))
+        return memory
+
+    def queried(self, pd: int, what: int) -> int:
+        return self.lib.dnnl_primitive_desc_query_md(ctypes.c_void_p(pd), what, 0)
+
+    def add_step(self, name: str, pd: int, args: list[tuple[int, int]]) -> None:
+        primitive = self.lib.new("dnnl_primitive_create", ctypes.c_void_p(pd))
+        array = (capi.ExecArg * len(args))(*[capi.ExecArg(a, m) for a, m in args])
+        step = _Step(name, primitive, array, self.lib.impl_name(pd))
+        self.plan.steps.append(step)
+        self.plan._calls.append((primitive, len(args), ctypes.addressof(array)))
+        self.plan._keep.append(("pd", pd))
+
+    def run_once(self, pd: int, args: list[tuple[int, int]]) -> None:
+        primitive = self.lib.new("dnnl_primitive_create", ctypes.c_void_p(pd))
+        array = (capi.ExecArg * len(args))(*[capi.ExecArg(a, m) for a, m in args])
+        self.lib.dnnl_primitive_execute(ctypes.c_void_p(primitive), ctypes.c_void_p(self.lib.stream), len(args), array)
+        self.lib.dnnl_stream_wait(ctypes.c_void_p(self.lib.stream))
+        self.lib.dnnl_primitive_destroy(ctypes.c_void_p(primitive))
+        self.lib.dnnl_primitive_desc_destroy(ctypes.c_void_p(pd))
+
+    def constant(self, tensor: torch.Tensor, user_tag: int, dims, wanted_md: int) -> int:
+        """A weight copied once into the layout ``wanted_md`` (a memory the library allocated)."""
+        tensor = tensor.detach().to(torch.float32).contiguous()
+        user = self.memory(self.md(dims, user_tag), ctypes.c_void_p(tensor.data_ptr()))
+        memory = self.memory(wanted_md)
+        pd = self.lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(self.md(dims, user_tag)),
+                          ctypes.c_void_p(self.lib.engine), ctypes.c_void_p(wanted_md),
+                          ctypes.c_void_p(self.lib.engine), None)
+        self.run_once(pd, [(capi.ARG_FROM, user), (capi.ARG_TO, memory)])
+        return memory
+
+    def attr(self, post_ops: list[tuple]) -> int | None:
+        if not post_ops:
+            return None
+        ops = self.lib.new("dnnl_post_ops_create")
+        for op in post_ops:
+            if op[0] == "eltwise":
+                self.lib.dnnl_post_ops_append_eltwise(ctypes.c_void_p(ops), op[1], ctypes.c_float(op[2]),
+                                                      ctypes.c_float(op[3]))
+            else:
+                self.lib.dnnl_post_ops_append_binary(ctypes.c_void_p(ops), op[1], ctypes.c_void_p(op[2]))
+        attr = self.lib.new("dnnl_primitive_attr_create")
+        self.lib.dnnl_primitive_attr_set_post_ops(ctypes.c_void_p(attr), ctypes.c_void_p(ops))
+        self.lib.dnnl_post_ops_destroy(ctypes.c_void_p(ops))
+        self.plan._keep.append(("attr", attr))
+        return attr
+
+    # -- the graph ------------------------------------------------------------------------------------------------
+    def source(self, node) -> fx.Node:
+        """The node whose value ``node`` is (through identities: a folded BatchNorm's Identity, eval dropout)."""
+        while isinstance(node, fx.Node) and self.is_alias(node):
+            node = node.args[0]
+        return node
+
+    def is_alias(self, node: fx.Node) -> bool:
+        return node.op == "call_module" and is_eval_identity(self.modules[node.target])
+
+    def readers(self, node: fx.Node) -> list[fx.Node]:
+        found = []
+        for user in node.users:
+            found += self.readers(user) if self.is_alias(user) else [user]
+        return found
+
+    def activation(self, node: fx.Node):
+        if node.op == "call_module":
+            kind = type(self.modules[node.target])
+        elif node.op in ("call_function", "call_method") and len(node.args) == 1 and not node.kwargs:
+            kind = _FUNCTIONAL.get(node.target)
+        else:
+            return None
+        return _ELTWISE.get(kind)
+
+    def shape(self, node: fx.Node) -> tuple[int, ...]:
+        return tuple(node.meta["tensor_meta"].shape)
+
+    def epilogue(self, node: fx.Node) -> tuple[list[tuple], list[tuple[int, int]], fx.Node]:
+        """The activations and residual adds after ``node`` that its primitive can take as post-ops: the list of
+        post-ops, their execution arguments, and the node whose value the primitive's output is."""
+        post_ops, args, last = [], [], node
+        while True:
+            readers = self.readers(last)
+            if len(readers) != 1:
+                break
+            reader = readers[0]
+            eltwise = self.activation(reader)
+            if eltwise is not None:
+                post_ops.append(("eltwise", *eltwise))
+            elif reader.op == "call_function" and reader.target in _ADDS and len(reader.args) == 2 \
+                    and not reader.kwargs:
+                other = [self.source(a) for a in reader.args if self.source(a) is not self.source(last)]
+                if len(other) != 1 or other[0] not in self.values or self.shape(other[0]) != self.shape(reader):
+                    break
+                value = self.values[other[0]]
+                post_ops.append(("binary", capi.BINARY_ADD, value.md))
+                args.append((capi.arg_post_op(len(post_ops) - 1) | capi.ARG_SRC_1, value.memory))
+            else:
+                break
+            last = reader
+        return post_ops, args, last
+
+    def output_value(self, node: fx.Node, dims) -> _Value:
+        md = self.act_md(dims)
+        return _Value(tuple(dims), md, self.activation_memory(md))
+
+    def activation_memory(self, md: int, alias_of: int | None = None) -> int:
+        """A memory object for an activation, its buffer placed later by :func:`_place_buffers` (``alias_of``:
+        the same bytes as that memory)."""
+        memory = self.memory(md, None)
+        self.activations[memory] = (self.lib.dnnl_memory_desc_get_size(ctypes.c_void_p(md)), alias_of)
+        return memory
+
+    def bind(self, node: fx.Node, value: _Value, *absorbed: fx.Node) -> None:
+        self.values[node] = value
+        self.done.update(absorbed)
+
+    def conv(self, node: fx.Node, conv: nn.Conv2d) -> None:
+        if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
+            raise NotPlannable(f"{node.target}: padding {conv.padding!r} / {conv.padding_mode}")
+        src = self.values[self.source(node.args[0])]
+        out_dims = self.shape(node)
+        o, i_per_group, kh, kw = conv.weight.shape
+        g = conv.groups
+        w_dims = [o, i_per_group, kh, kw] if g == 1 else [g, o // g, i_per_group, kh, kw]
+        w_tag = capi.TAG_ABCD if g == 1 else capi.TAG_ABCDE
+        w_any = self.md(w_dims, capi.TAG_ANY)
+        b_md = self.md([o], capi.TAG_A)
+        post_ops, post_args, last = self.epilogue(node)
+        dst = self.output_value(last, out_dims)
+        pad_l = list(conv.padding)
+        pad_r = [(out_dims[2 + d] - 1) * conv.stride[d] + (conv.weight.shape[2 + d] - 1) * conv.dilation[d] + 1
+                 - src.dims[2 + d] - pad_l[d] for d in range(2)]
+        pd = self.lib.new("dnnl_convolution_forward_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
+                          capi.FORWARD_INFERENCE, capi.CONVOLUTION_DIRECT, ctypes.c_void_p(src.md),
+                          ctypes.c_void_p(w_any), ctypes.c_void_p(b_md), ctypes.c_void_p(dst.md),
+                          capi.dims(conv.stride), capi.dims([d - 1 for d in conv.dilation]), capi.dims(pad_l),
+                          capi.dims(pad_r), _ptr(self.attr(post_ops)))
+        weights = self.constant(conv.weight.reshape(w_dims), w_tag, w_dims, self.queried(pd, capi.QUERY_WEIGHTS_MD))
+        bias = conv.bias if conv.bias is not None else torch.zeros(o)
+        bias_memory = self.constant(bias, capi.TAG_A, [o], b_md)
+        self.add_step(node.target, pd, [(capi.ARG_SRC, src.memory), (capi.ARG_WEIGHTS, weights),
+                                        (capi.ARG_BIAS, bias_memory), (capi.ARG_DST, dst.memory), *post_args])
+        self.bind(last, dst, *self._chain(node, last))
+
+    def linear(self, node: fx.Node, linear: nn.Linear) -> None:
+        src = self.values[self.source(node.args[0])]
+        if len(src.dims) != 2:
+            raise NotPlannable(f"{node.target}: a linear layer on a {len(src.dims)}-d input")
+        o, i = linear.weight.shape
+        post_ops, post_args, last = self.epilogue(node)
+        post_ops = [p for p in post_ops if p[0] == "eltwise"]
+        if post_args:  # a residual add after a classifier: not met in the zoo
+            raise NotPlannable(f"{node.target}: an add after a linear layer")
+        dst = self.output_value(last, (src.dims[0], o))
+        w_any, b_md = self.md([o, i], capi.TAG_ANY), self.md([o], capi.TAG_A)
+        pd = self.lib.new("dnnl_inner_product_forward_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
+                          capi.FORWARD_INFERENCE, ctypes.c_void_p(src.md), ctypes.c_void_p(w_any),
+                          ctypes.c_void_p(b_md), ctypes.c_void_p(dst.md), _ptr(self.attr(post_ops)))
+        weights = self.constant(linear.weight, capi.TAG_AB, [o, i], self.queried(pd, capi.QUERY_WEIGHTS_MD))
+        bias = linear.bias if linear.bias is not None else torch.zeros(o)
+        bias_memory = self.constant(bias, capi.TAG_A, [o], b_md)
+        self.add_step(node.target, pd, [(capi.ARG_SRC, src.memory), (capi.ARG_WEIGHTS, weights),
+                                        (capi.ARG_BIAS, bias_memory), (capi.ARG_DST, dst.memory)])
+        self.bind(last, dst, *self._chain(node, last))
+
+    def _chain(self, first: fx.Node, last: fx.Node) -> list[fx.Node]:
+        chain, node = [first], first
+        while node is not last:
+            node = self.readers(node)[0]
+            chain.append(node)
+        return chain
+
+    def mean(self, node: fx.Node) -> None:
+        # As average pooling over the whole map: oneDNN v3.2's reduction primitive has only its reference
+        # implementation for a channels-last mean over H and W; its pooling primitive is JIT-compiled.
+        src = self.values[self.source(node.args[0])]
+        dims = self.shape(node)
+        keep = dims if len(dims) == 4 else (*dims, 1, 1)
+        dst_md = self.act_md(keep)
+        dst = _Value(tuple(keep), dst_md, self.activation_memory(dst_md))
+        window = capi.dims(src.dims[2:])
+        pd = self.lib.new("dnnl_pooling_forward_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
+                          capi.FORWARD_INFERENCE, capi.POOLING_AVG_EXCLUDE_PADDING, ctypes.c_void_p(src.md),
+                          ctypes.c_void_p(dst_md), window, window, capi.dims([0, 0]), capi.dims([0, 0]),
+                          capi.dims([0, 0]), None)
+        self.add_step(str(node.target), pd, [(capi.ARG_SRC, src.memory), (capi.ARG_DST, dst.memory)])
+        self.bind(node, dst if len(dims) == 4 else self.view(dst, dims), node)
+
+    def view(self, value: _Value, dims) -> _Value:
+        """The same buffer seen with other dims (a 1x1 map as a matrix: both layouts are the same bytes)."""
+        md = self.act_md(dims)
+        return _Value(tuple(dims), md, self.activation_memory(md, alias_of=value.memory))
+
+    def binary(self, node: fx.Node, algorithm: int) -> None:
+        a, b = (self.values[self.source(arg)] for arg in node.args)
+        if a.dims != self.shape(node):
+            a, b = b, a  # the full-size operand first: oneDNN broadcasts the second only
+        post_ops, post_args, last = self.epilogue(node)
+        if post_args:
+            raise NotPlannable(f"{node.name}: an add after a binary op")
+        dst = self.output_value(last, self.shape(node))
+        pd = self.lib.new("dnnl_binary_primitive_desc_create", ctypes.c_void_p(self.lib.engine), algorithm,
+                          ctypes.c_void_p(a.md), ctypes.c_void_p(b.md), ctypes.c_void_p(dst.md),
+                          _ptr(self.attr(post_ops)))
+        self.add_step(node.name, pd, [(capi.ARG_SRC, a.memory), (capi.ARG_SRC_1, b.memory),
+                                      (capi.ARG_DST, dst.memory)])
+        self.bind(last, dst, *self._chain(node, last))
+
+    def eltwise(self, node: fx.Node, algorithm: tuple[int, float, float]) -> None:
+        src = self.values[self.source(node.args[0])]
+        dst = self.output_value(node, src.dims)
+        pd = self.lib.new("dnnl_eltwise_forward_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
+                          capi.FORWARD_INFERENCE, algorithm[0], ctypes.c_void_p(src.md), ctypes.c_void_p(dst.md),
+                          ctypes.c_float(algorithm[1]), ctypes.c_float(algorithm[2]), None)
+        self.add_step(node.name, pd, [(capi.ARG_SRC, src.memory), (capi.ARG_DST, dst.memory)])
+        self.bind(node, dst, node)
+
+    def max_pool(self, node: fx.Node, pool: nn.MaxPool2d) -> None:
+        src = self.values[self.source(node.args[0])]
+        out_dims = self.shape(node)
+        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        kernel, stride, pad, dilation = pair(pool.kernel_size), pair(pool.stride), pair(pool.padding), \
+            pair(pool.dilation)
+        pad_r = [(out_dims[2 + d] - 1) * stride[d] + (kernel[d] - 1) * dilation[d] + 1 - src.dims[2 + d] - pad[d]
+                 for d in range(2)]
+        dst = self.output_value(node, out_dims)
+        pd = self.lib.new("dnnl_pooling_forward_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
+                          capi.FORWARD_INFERENCE, capi.POOLING_MAX, ctypes.c_void_p(src.md),
+                          ctypes.c_void_p(dst.md), capi.dims(stride), capi.dims(kernel),
+                          capi.dims([d - 1 for d in dilation]), capi.dims(pad), capi.dims(pad_r), None)
+        self.add_step(node.target, pd, [(capi.ARG_SRC, src.memory), (capi.ARG_DST, dst.memory)])
+        self.bind(node, dst, node)
+
+    def node(self, node: fx.Node) -> None:
+        if node in self.done or node.op == "get_attr" or (node.op == "call_module" and self.is_alias(node)):
+            return
+        module = self.modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(module, nn.Conv2d):
+            return self.conv(node, module)
+        if isinstance(module, nn.Linear):
+            return self.linear(node, module)
+        if isinstance(module, nn.MaxPool2d) and not module.ceil_mode and not module.return_indices:
+            return self.max_pool(node, module)
+        if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
+            return self.mean(node)
+        if node.op == "call_method" and node.target == "mean" and _spatial_mean(node):
+            return self.mean(node)
+        if node.op == "call_function" and node.target is F.adaptive_avg_pool2d and node.args[1:] in ((1,), ((1, 1),)):
+            return self.mean(node)
+        if (node.op == "call_function" and node.target is torch.flatten) or \
+                (node.op == "call_method" and node.target == "flatten"):
+            src = self.values[self.source(node.args[0])]
+            if len(src.dims) != 4 or src.dims[2:] != (1, 1) or node.args[1:] not in ((1,), ()) or node.kwargs:
+                raise NotPlannable(f"{node.name}: flatten of a {src.dims} map")
+            return self.bind(node, self.view(src, src.dims[:2]), node)
+        if node.op == "call_function" and node.target in _ADDS + _MULS and len(node.args) == 2 \
+                and all(isinstance(a, fx.Node) for a in node.args):
+            return self.binary(node, capi.BINARY_ADD if node.target in _ADDS else capi.BINARY_MUL)
+        eltwise = self.activation(node)
+        if eltwise is not None:
+            return self.eltwise(node, eltwise)
+        what = type(module).__name__ if module is not None else getattr(node.target, "__name__", node.target)
+        raise NotPlannable(f"a primitive plan does not run {node.op} {what} ({node.name})")
+
+
+_ALIGN = 64  # bytes: a cache line, and AVX-512's vector width
+
+
+def _place_buffers(plan: PrimitivePlan, activations: dict[int, tuple[int, int | None]]) -> int:
+    """Give every activation a place in one arena, reusing the bytes of activations no later step reads (first
+    fit, in step order), so a forward pass writes into memory that is still in cache instead of a fresh buffer per
+    layer. Returns the arena's size in bytes."""
+    root = {m: m for m in activations}
+    for memory, (_, alias_of) in activations.items():
+        while alias_of is not None:
+            root[memory] = alias_of
+            alias_of = activations[alias_of][1]
+    first, last = {}, {}
+    for index, step in enumerate(plan.steps):
+        for arg in step.args:
+            if arg.memory in root:
+                r = root[arg.memory]
+                first.setdefault(r, index)
+                last[r] = index
+    offsets: dict[int, int] = {}
+    free: list[tuple[int, int]] = []  # (offset, size) blocks not in use
+    top = 0
+    by_first: dict[int, list[int]] = {}
+    for r in first:
+        by_first.setdefault(first[r], []).append(r)
+    by_last: dict[int, list[int]] = {}
+    for r in last:
+        by_last.setdefault(last[r], []).append(r)
+    for index in range(len(plan.steps)):
+        for r in by_first.get(index, []):
+            size = -(-activations[r][0] // _ALIGN) * _ALIGN
+            fits = [b for b in free if b[1] >= size]
+            if fits:
+                block = min(fits, key=lambda b: b[1])
+                free.remove(block)
+                offsets[r] = block[0]
+                if block[1] > size:
+                    free.append((block[0] + size, block[1] - size))
+            else:
+                offsets[r], top = top, top + size
+        for r in by_last.get(index, []):
+            free.append((offsets[r], -(-activations[r][0] // _ALIGN) * _ALIGN))
+            free = _merged(free)
+    arena = torch.empty(top + _ALIGN, dtype=torch.uint8)
+    base = -(-arena.data_ptr() // _ALIGN) * _ALIGN
+    plan._keep.append(("arena", arena))
+    lib = capi.library()
+    for memory, r in root.items():
+        if r in offsets:
+            lib.dnnl_memory_set_data_handle(ctypes.c_void_p(memory), ctypes.c_void_p(base + offsets[r]))
+    return top
+
+
+def _merged(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for offset, size in sorted(blocks):
+        if merged and merged[-1][0] + merged[-1][1] == offset:
+            merged[-1] = (merged[-1][0], merged[-1][1] + size)
+        else:
+            merged.append((offset, size))
+    return merged
+
+
+def _spatial_mean(node: fx.Node) -> bool:
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return dims is not None and sorted(d % 4 for d in dims) == [2, 3]
+
+
+def _ptr(handle: int | None) -> ctypes.c_void_p | None:
+    return ctypes.c_void_p(handle) if handle is not None else None
+
+
+def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = None) -> PrimitivePlan:
+    """The primitive plan of ``model`` (BatchNorm already folded, :func:`archlab.deploy.fuse`) for inputs shaped
+    and laid out like ``example``. :class:`NotPlannable` where the graph holds something a plan does not run,
+    :class:`archlab.deploy.dnnl_capi.Unavailable` without the oneDNN package."""
+    lib = capi.library()
+    model = model.eval()
+    is_archnet = hasattr(model, "forward_features") and hasattr(model, "forward_head")
+    root = _Trunk(model) if is_archnet else model
+    try:
+        graph = Tracer().trace(root)
+    except Exception as error:  # noqa: BLE001 - any tracing failure: this model is not a fixed graph
+        raise NotPlannable(f"the model does not trace with torch.fx: {error}") from error
+    module = fx.GraphModule(root, graph)
+    with torch.no_grad():
+        ShapeProp(module).propagate(example.detach().float())
+    channels_last = example.dim() == 4 and not example.is_contiguous() and \
+        example.is_contiguous(memory_format=torch.channels_last)
+    plan = PrimitivePlan(tuple(example.shape), channels_last, threads or torch.get_num_threads())
+    lib.set_threads(plan.threads)
+    builder = _Builder(module, module.graph, plan)
+    with torch.no_grad():
+        for node in module.graph.nodes:
+            if node.op == "placeholder":
+                dims = tuple(example.shape)
+                user_md = builder.md(dims, capi.TAG_ACDB if channels_last else capi.TAG_ABCD)
+                plan._input_memory = builder.memory(user_md, None)
+                internal = builder.output_value(node, dims)
+                pd = lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(user_md),
+                             ctypes.c_void_p(lib.engine), ctypes.c_void_p(internal.md), ctypes.c_void_p(lib.engine),
+                             None)
+                builder.add_step("input", pd, [(capi.ARG_FROM, plan._input_memory), (capi.ARG_TO, internal.memory)])
+                builder.bind(node, internal, node)
+            elif node.op == "output":
+                result = builder.source(node.args[0])
+                if not isinstance(result, fx.Node) or result not in builder.values:
+                    raise NotPlannable("the model's output is not one tensor")
+                value = builder.values[result]
+                if len(value.dims) != 2:
+                    raise NotPlannable(f"the model's output is {len(value.dims)}-d; a plan returns logits")
+                plan.output_shape = value.dims
+                plan._output_memory = builder.memory(value.md, None)
+                # The primitive that wrote the output writes into the caller's tensor instead.
+                for step in plan.steps:
+                    for arg in step.args:
+                        if arg.memory == value.memory:
+                            arg.memory = plan._output_memory
+            else:
+                builder.node(node)
+    plan.arena_bytes = _place_buffers(plan, builder.activations)
+    return plan
