@@ -30,7 +30,7 @@ torch.set_num_threads(1)
 # The module-by-module form: its activations are PyTorch tensors from malloc. The oneDNN Graph form (fuse's
 # default): every tensor passed between two of its partitions is one too (a ResNet-18 stage is one partition, so
 # there it made none either way; MobileNetV2 has 37).
-form = fuse(archlab.create_model(MODEL).eval(), onednn=True, graph=GRAPH)
+form = fuse(archlab.create_model(MODEL).eval(), onednn=True, graph=GRAPH, plan=False)  # a plan allocates nothing per call
 x = torch.randn(8, 3, 224, 224).contiguous(memory_format=torch.channels_last)  # stem output: 25.7 MB for ResNet-18
 
 def faults_per_forward():

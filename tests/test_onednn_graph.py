@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import archlab
-from archlab.deploy import fuse
+from archlab.deploy import fuse as fuse_with_plans
 from archlab.deploy import onednn_graph
 from archlab.deploy.onednn_graph import available, graph_forward
 from helpers import HEAVIEST
@@ -23,6 +23,13 @@ pytestmark = pytest.mark.skipif(not available(), reason="this PyTorch build has 
 
 FAMILIES = ["resnet18", "resnext50_32x4d", "seresnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
             "densenet121", "vgg11_bn", "shufflenet_v2_x0_5", "regnet_y_400mf", "convnext_tiny"]
+
+
+def fuse(model: nn.Module, **options) -> nn.Module:
+    """This file tests the TorchScript graph, so primitive plans, tried first where oneDNN's package is installed,
+    are off (tests/test_primitive_plan.py tests them)."""
+    options.setdefault("plan", False)
+    return fuse_with_plans(model, **options)
 
 
 def eval_model(name: str, seed: int = 0) -> nn.Module:

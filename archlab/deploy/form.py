@@ -16,7 +16,8 @@ from archlab.api import require_module
 from archlab.deploy.precision import cast_input, cast_output, check_precision, require_bf16
 
 
-def fuse(model: nn.Module, onednn: bool = False, precision: str = "fp32", graph: bool = True) -> nn.Module:
+def fuse(model: nn.Module, onednn: bool = False, precision: str = "fp32", graph: bool = True,
+         plan: bool = True) -> nn.Module:
     """An inference copy of ``model``: every BatchNorm that follows a conv folded into it, dropout and
     drop-path removed. Outputs equal ``model.eval()``'s up to float rounding; ``model`` is not modified.
 
@@ -26,7 +27,11 @@ def fuse(model: nn.Module, onednn: bool = False, precision: str = "fp32", graph:
     And (``graph=True``, the default) a plain call ``model(x)`` on a CPU tensor without autograd runs the whole
     model traced and compiled by oneDNN Graph for that input's shape (:mod:`archlab.deploy.onednn_graph`; the first
     call per shape compiles, 1-2.5 s for the deployment models at 224x224), falling back to the module-by-module
-    form wherever that does not apply.
+    form wherever that does not apply. With ``plan=True`` (the default) and oneDNN's own library installed
+    (``onednn-cpu-gomp``, in the ``deploy`` extra), a float32 model made of the layers a primitive plan runs (the
+    whole zoo's convolutional networks) runs instead as a fixed list of oneDNN primitives called through oneDNN's C
+    API (:mod:`archlab.deploy.primitive_plan`): the same kernels without TorchScript or the bridge between them,
+    the form that is fastest at batch 1 (docs/deployment.md section 2c); the graph is the fallback.
 
     ``precision="bf16"``: the folded weights (folded in float64 from the float32 model) are cast to bfloat16 once,
     and the model computes in bfloat16 (with ``onednn=True``, oneDNN's bf16 convolutions with the same fusions); it
@@ -46,7 +51,7 @@ def fuse(model: nn.Module, onednn: bool = False, precision: str = "fp32", graph:
     if onednn:
         fuse_conv_epilogues(fused, summary)
         if graph:
-            attach_graph(fused)
+            attach_graph(fused, plan=plan)
     if precision == "bf16":
         fused.to(torch.bfloat16)  # once: the weights (and prepacked copies, built on first call) stay bf16
         fused.register_forward_pre_hook(cast_input)

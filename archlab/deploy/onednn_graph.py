@@ -95,8 +95,10 @@ class GraphForward:
     """A model's ``forward`` that runs it compiled by oneDNN Graph where that applies (see the module docstring),
     else the model class's own ``forward``. ``compiled`` and ``fallbacks`` say what happened per signature."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, plan: bool = True) -> None:
         self.model = model
+        self.plan = plan  # try a primitive plan (archlab.deploy.primitive_plan) before the TorchScript graph
+        self.plan_skipped: dict[str, str] = {}  # signature (readable) -> why it runs the graph instead of a plan
         self._cache: dict[tuple, Any] = {}  # signature -> frozen ScriptModule, or a reason string (module form)
         self.fallbacks: dict[str, str] = {}  # signature (readable) -> why it runs the module form
         self.compile_seconds: dict[str, float] = {}  # signature (readable) -> trace, freeze, warm-up and check
@@ -105,7 +107,8 @@ class GraphForward:
 
     # The compiled graphs hold TorchScript objects, which neither copy nor pickle: a copy starts without them.
     def __getstate__(self) -> dict:
-        return {"model": self.model, "_cache": {}, "fallbacks": {}, "compile_seconds": {}, "edits": 0, "_compiles": 0}
+        return {"model": self.model, "plan": self.plan, "plan_skipped": {}, "_cache": {}, "fallbacks": {},
+                "compile_seconds": {}, "edits": 0, "_compiles": 0}
 
     def __deepcopy__(self, memo: dict) -> "GraphForward":
         clone = GraphForward.__new__(GraphForward)
@@ -203,7 +206,10 @@ class GraphForward:
         start = time.perf_counter()
         with torch.no_grad():
             expected = self.module_forward(x)
-        compiled = self._traced(x, expected)
+        compiled = self._planned(x, expected) if self.plan and x.dtype == torch.float32 else "not asked for"
+        if isinstance(compiled, str):
+            self.plan_skipped[readable] = compiled
+            compiled = self._traced(x, expected)
         if isinstance(compiled, str):
             self.fallbacks[readable] = compiled
         self.compile_seconds[readable] = time.perf_counter() - start
@@ -215,6 +221,25 @@ class GraphForward:
         if all(p.is_contiguous(memory_format=TRACE_LAYOUT) for p in self.model.parameters() if p.dim() == 4):
             return self.model
         return copy.deepcopy(self.model).to(memory_format=TRACE_LAYOUT)
+
+    def _planned(self, x: torch.Tensor, expected: Any) -> "Compiled | str":
+        """The model as a primitive plan for ``x``'s signature (:mod:`archlab.deploy.primitive_plan`), or why not:
+        oneDNN's package missing, something in the model a plan does not run, or an output that disagrees."""
+        from archlab.deploy import dnnl_capi, primitive_plan
+
+        if not dnnl_capi.available():
+            return f"no primitive plan: {dnnl_capi.PACKAGE} is not installed"
+        if any(p.dtype != torch.float32 for p in self.model.parameters()):
+            return "no primitive plan: the weights are not float32"
+        x = x.contiguous(memory_format=TRACE_LAYOUT)
+        try:
+            plan = primitive_plan.build_plan(self.model, x)
+            got = plan(x)
+        except (primitive_plan.NotPlannable, dnnl_capi.DnnlError) as error:
+            return f"no primitive plan: {error}"
+        why = _disagreement(expected, got)
+        version = ".".join(map(str, dnnl_capi.library().version[:2]))
+        return f"no primitive plan: {why}" if why else Compiled(plan, f"a plan of {len(plan.steps)} oneDNN v{version} primitives")
 
     def _traced(self, x: torch.Tensor, expected: Any) -> "Compiled | str":
         x = x.contiguous(memory_format=TRACE_LAYOUT)
@@ -231,30 +256,38 @@ class GraphForward:
             return f"does not trace: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
         finally:
             torch.jit.enable_onednn_fusion(was_enabled)
-        want, have = tree_leaves(expected), tree_leaves(got)
-        if len(want) != len(have) or any(
-                not isinstance(w, torch.Tensor) or not isinstance(h, torch.Tensor) or w.shape != h.shape
-                for w, h in zip(want, have)):
-            return "traced outputs differ in structure from the module form's"
-        for w, h in zip(want, have):
-            scale = w.abs().max().item() if w.numel() and w.is_floating_point() else 1.0
-            diff = (w.float() - h.float()).abs().max().item() if w.numel() else 0.0
-            if not diff <= _tolerance(w.dtype, scale):
-                return f"traced output differs from the module form's by {diff:.3g} (scale {scale:.3g})"
-        return Compiled(graph)
+        why = _disagreement(expected, got)
+        return f"traced {why}" if why else Compiled(graph)
+
+
+def _disagreement(expected: Any, got: Any) -> str | None:
+    """How a compiled form's outputs differ from the module form's, or None where they agree."""
+    want, have = tree_leaves(expected), tree_leaves(got)
+    if len(want) != len(have) or any(
+            not isinstance(w, torch.Tensor) or not isinstance(h, torch.Tensor) or w.shape != h.shape
+            for w, h in zip(want, have)):
+        return "outputs differ in structure from the module form's"
+    for w, h in zip(want, have):
+        scale = w.abs().max().item() if w.numel() and w.is_floating_point() else 1.0
+        diff = (w.float() - h.float()).abs().max().item() if w.numel() else 0.0
+        if not diff <= _tolerance(w.dtype, scale):
+            return f"output differs from the module form's by {diff:.3g} (scale {scale:.3g})"
+    return None
 
 
 @dataclass
 class Compiled:
-    """One input signature's compiled graph (traced in :data:`TRACE_LAYOUT`; inputs are given to it so)."""
+    """One input signature's compiled form, given its input in :data:`TRACE_LAYOUT`: a frozen TorchScript graph
+    compiled by oneDNN Graph, or a primitive plan (:class:`archlab.deploy.primitive_plan.PrimitivePlan`)."""
 
     graph: Any
+    kind: str = "oneDNN Graph"
 
 
-def attach(model: nn.Module) -> nn.Module:
+def attach(model: nn.Module, plan: bool = True) -> nn.Module:
     """Give ``model`` (an inference form, eval mode) a :class:`GraphForward` as its ``forward``; returns it."""
     if available():
-        model.forward = GraphForward(model)
+        model.forward = GraphForward(model, plan)
     return model
 
 

@@ -32,6 +32,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from archlab.deploy import dnnl_capi as capi
 from archlab.deploy.graph import Tracer, _Trunk, is_eval_identity
+from archlab.deploy.onednn import FusedConv2d
 
 
 class NotPlannable(ValueError):
@@ -257,6 +258,17 @@ class _Builder:
         w_any = self.md(w_dims, capi.TAG_ANY)
         b_md = self.md([o], capi.TAG_A)
         post_ops, post_args, last = self.epilogue(node)
+        if isinstance(conv, FusedConv2d):  # the module form's fused conv: act(conv(x) [+ residual]) in one call
+            own, own_args = [], []
+            if conv.residual:
+                residual = self.values[self.source(node.args[1])]
+                own.append(("binary", capi.BINARY_ADD, residual.md))
+                own_args.append((capi.arg_post_op(0) | capi.ARG_SRC_1, residual.memory))
+            if conv.act is not None:
+                own.append(("eltwise", *_ELTWISE[type(conv.act)]))
+            shift = len(own)
+            post_args = own_args + [(_shifted(arg, shift), memory) for arg, memory in post_args]
+            post_ops = own + post_ops
         dst = self.output_value(last, out_dims)
         pad_l = list(conv.padding)
         pad_r = [(out_dims[2 + d] - 1) * conv.stride[d] + (conv.weight.shape[2 + d] - 1) * conv.dilation[d] + 1
@@ -457,6 +469,12 @@ def _merged(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def _shifted(arg: int, by: int) -> int:
+    """A post-op's argument slot moved ``by`` places down the post-op list."""
+    index = arg // 32768 - 1
+    return capi.arg_post_op(index + by) | (arg % 32768)
+
+
 def _spatial_mean(node: fx.Node) -> bool:
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     return dims is not None and sorted(d % 4 for d in dims) == [2, 3]
@@ -492,6 +510,9 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
                 dims = tuple(example.shape)
                 user_md = builder.md(dims, capi.TAG_ACDB if channels_last else capi.TAG_ABCD)
                 plan._input_memory = builder.memory(user_md, None)
+                if channels_last:  # already the plan's layout: the first layer reads the caller's tensor
+                    builder.bind(node, _Value(dims, user_md, plan._input_memory), node)
+                    continue
                 internal = builder.output_value(node, dims)
                 pd = lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(user_md),
                              ctypes.c_void_p(lib.engine), ctypes.c_void_p(internal.md), ctypes.c_void_p(lib.engine),

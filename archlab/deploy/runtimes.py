@@ -3,16 +3,15 @@ torch.compile, ONNX Runtime and OpenVINO. :func:`prepare` turns a float32 eval m
 in one of them (``Prepared``); :func:`archlab.deploy.timing.bench_runtimes` times them side by side.
 
 - ``eager``: the model as it is (NCHW), in float32 or cast to bfloat16.
-- ``fused``: :func:`archlab.deploy.fuse` (BatchNorm folded; on CPU ``onednn=True``: the whole model compiled by
+- ``fused``: :func:`archlab.deploy.fuse` (BatchNorm folded; on CPU ``onednn=True``: in float32 with oneDNN's
+  package installed, a primitive plan, :mod:`archlab.deploy.primitive_plan`; else the whole model compiled by
   oneDNN Graph for the input's shape, :mod:`archlab.deploy.onednn_graph`), channels-last, in float32 or bfloat16
   (``precision="bf16"``).
+- ``fused-graph``: the same with ``plan=False``: always the oneDNN Graph form.
 - ``fused-modules``: the same without the graph step (``graph=False``): each conv with its activation / residual add
   as one oneDNN primitive, module by module (:mod:`archlab.deploy.onednn`).
 - ``compile``: ``torch.compile`` (inductor) with freezing, channels-last: weights become constants that inductor
   folds and prepacks. Needs a C++ compiler on CPU.
-- ``plan``: the BatchNorm-folded model as a fixed list of oneDNN primitives run through oneDNN's C API
-  (:mod:`archlab.deploy.primitive_plan`), built for the input's shape; float32, CPU, needs the ``onednn-cpu-gomp``
-  package (in the ``deploy`` extra).
 - ``onnxruntime``: the BatchNorm-folded model exported to ONNX (:func:`archlab.deploy.export.export_onnx`), run by
   ONNX Runtime's CPU provider with all graph optimisations (its NCHWc layout transform, conv + activation fusion).
   float32 only: its CPU provider has no bf16 convolutions.
@@ -43,12 +42,12 @@ from torch import nn
 from archlab.deploy.onednn_graph import graph_forward
 from archlab.deploy.precision import DTYPES, check_precision, require_bf16
 
-RUNTIMES = ("eager", "fused", "fused-modules", "compile", "plan", "onnxruntime", "openvino")
-FUSED = ("fused", "fused-modules")  # archlab's inference forms
+RUNTIMES = ("eager", "fused", "fused-graph", "fused-modules", "compile", "onnxruntime", "openvino")
+FUSED = ("fused", "fused-graph", "fused-modules")  # archlab's inference forms
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # runtime -> the package it needs
 EXTRA = 'pip install -e ".[deploy]"'
-CPU_ONLY = ("plan", "onnxruntime", "openvino")  # as installed here: ONNX Runtime's and OpenVINO's CPU plugins
-FP32_ONLY = ("plan", "onnxruntime")  # ONNX Runtime's CPU provider has no bf16 convolutions; a plan is fp32 for now
+CPU_ONLY = ("onnxruntime", "openvino")  # as installed here: ONNX Runtime's and OpenVINO's CPU plugins
+FP32_ONLY = ("onnxruntime",)  # ONNX Runtime's CPU provider has no bf16 convolutions
 
 
 class RuntimeUnavailable(ValueError):
@@ -64,15 +63,6 @@ def import_runtime(runtime: str):
     except ImportError:
         raise RuntimeUnavailable(f"runtime {runtime} needs the {package} package, which is not installed: "
                                  f"{EXTRA}") from None
-
-
-def _plan_library():
-    from archlab.deploy import dnnl_capi
-
-    try:
-        return dnnl_capi.library()
-    except dnnl_capi.Unavailable as error:
-        raise RuntimeUnavailable(f"runtime plan: {error}") from None
 
 
 def unsupported(runtime: str, precision: str, device: str) -> str | None:
@@ -101,8 +91,6 @@ def check_runtimes(runtimes: Sequence[str], precisions: Sequence[str], device: s
             raise ValueError(reasons[0])
         if runtime in PACKAGES:
             import_runtime(runtime)
-        if runtime == "plan":
-            _plan_library()
         pairs += [(runtime, p) for p, why in zip(precisions, reasons) if why is None]
     if device == "cpu" and "bf16" in precisions:
         require_bf16()
@@ -190,18 +178,12 @@ def prepare(runtime: str, model: nn.Module, example: torch.Tensor, precision: st
         return Prepared(runtime, precision, _ov_runner(compiled),
                         f"openvino {import_runtime(runtime).get_version().split('-')[0]} CPU, static shape, "
                         f"INFERENCE_PRECISION_HINT {'bf16' if precision == 'bf16' else 'f32'}")
-    if runtime == "plan":
-        from archlab.deploy.primitive_plan import build_plan
-
-        lib = _plan_library()
-        plan = build_plan(fuse(model), example, threads)
-        return Prepared(runtime, precision, plan, f"oneDNN v{'.'.join(map(str, lib.version))} primitives through "
-                        f"its C API, {len(plan.steps)} steps, channels-last")
     fmt = torch.contiguous_format if runtime == "eager" else torch.channels_last
     if runtime in FUSED:
-        graph = runtime == "fused"
-        net = fuse(model, onednn=dev.type == "cpu", precision=precision, graph=graph)  # bf16: casts in and out
-        detail = (f"fuse(onednn=True{'' if graph else ', graph=False'})" if dev.type == "cpu" else "fuse()")
+        graph, plan = runtime != "fused-modules", runtime == "fused"
+        net = fuse(model, onednn=dev.type == "cpu", precision=precision, graph=graph, plan=plan)  # bf16: casts
+        flag = {"fused": "", "fused-graph": ", plan=False", "fused-modules": ", graph=False"}[runtime]
+        detail = f"fuse(onednn=True{flag})" if dev.type == "cpu" else "fuse()"
         detail += ", channels-last"
     else:
         import copy
@@ -227,11 +209,12 @@ def prepare(runtime: str, model: nn.Module, example: torch.Tensor, precision: st
     def run(x: torch.Tensor) -> torch.Tensor:
         y = call(x.to(dev, dtype=cast).contiguous(memory_format=fmt))
         return y.float().cpu()
-    forward = graph_forward(net) if runtime == "fused" else None
+    forward = graph_forward(net) if runtime in ("fused", "fused-graph") else None
     if forward is not None:  # compiled now (1-2 s), not in the first timed step, and the row says whether it did
         run(example)
         seconds = sum(forward.compile_seconds.values())
-        detail += (f", compiled by oneDNN Graph ({seconds:.1f} s)" if forward.compiled else
+        kinds = sorted({c.kind for c in forward._cache.values() if not isinstance(c, str)})
+        detail += (f", compiled as {' / '.join(kinds)} ({seconds:.1f} s)" if forward.compiled else
                    f", module by module (oneDNN Graph: {'; '.join(forward.fallbacks.values()) or 'not applied'})")
     return Prepared(runtime, precision, run, detail + (", bf16" if precision == "bf16" else ""))
 
