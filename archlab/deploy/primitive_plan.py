@@ -334,19 +334,34 @@ class _Builder:
         md = self.act_md(dims)
         return _Value(tuple(dims), md, self.activation_memory(md, alias_of=value.memory))
 
+    def flatten(self, node: fx.Node) -> None:
+        """``flatten(x, 1)``: a view of a 1x1 map; a larger map is first reordered to NCHW, PyTorch's flattening
+        order (VGG's classifier reads a 7x7 map)."""
+        src = self.values[self.source(node.args[0])]
+        if len(src.dims) != 4:
+            raise NotPlannable(f"{node.name}: flatten of a {len(src.dims)}-d tensor")
+        n, c, h, w = src.dims
+        if (h, w) != (1, 1):
+            md = self.md(src.dims, capi.TAG_ABCD)
+            plain = _Value(src.dims, md, self.activation_memory(md))
+            pd = self.lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(src.md),
+                              ctypes.c_void_p(self.lib.engine), ctypes.c_void_p(md), ctypes.c_void_p(self.lib.engine),
+                              None)
+            self.add_step(node.name, pd, [(capi.ARG_FROM, src.memory), (capi.ARG_TO, plain.memory)])
+            src = plain
+        self.bind(node, self.view(src, (n, c * h * w)), node)
+
     def binary(self, node: fx.Node, algorithm: int) -> None:
         a, b = (self.values[self.source(arg)] for arg in node.args)
         if a.dims != self.shape(node):
             a, b = b, a  # the full-size operand first: oneDNN broadcasts the second only
-        post_ops, post_args, last = self.epilogue(node)
-        if post_args:
-            raise NotPlannable(f"{node.name}: an add after a binary op")
+        post_ops, post_args, last = self.epilogue(node)  # SE-ResNet: the scaled branch's residual add
         dst = self.output_value(last, self.shape(node))
         pd = self.lib.new("dnnl_binary_primitive_desc_create", ctypes.c_void_p(self.lib.engine), algorithm,
                           ctypes.c_void_p(a.md), ctypes.c_void_p(b.md), ctypes.c_void_p(dst.md),
                           _ptr(self.attr(post_ops)))
         self.add_step(node.name, pd, [(capi.ARG_SRC, a.memory), (capi.ARG_SRC_1, b.memory),
-                                      (capi.ARG_DST, dst.memory)])
+                                      (capi.ARG_DST, dst.memory), *post_args])
         self.bind(last, dst, *self._chain(node, last))
 
     def eltwise(self, node: fx.Node, algorithm: tuple[int, float, float]) -> None:
@@ -382,20 +397,21 @@ class _Builder:
             return self.conv(node, module)
         if isinstance(module, nn.Linear):
             return self.linear(node, module)
-        if isinstance(module, nn.MaxPool2d) and not module.ceil_mode and not module.return_indices:
+        if isinstance(module, nn.MaxPool2d) and not module.return_indices:  # ceil_mode: in the output's shape
             return self.max_pool(node, module)
         if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
             return self.mean(node)
+        if isinstance(module, nn.AdaptiveAvgPool2d) and self.shape(node) == self.shape(self.source(node.args[0])):
+            return self.bind(node, self.values[self.source(node.args[0])], node)  # VGG's 7x7 pool of a 7x7 map
+        if isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1:
+            return self.flatten(node)
         if node.op == "call_method" and node.target == "mean" and _spatial_mean(node):
             return self.mean(node)
         if node.op == "call_function" and node.target is F.adaptive_avg_pool2d and node.args[1:] in ((1,), ((1, 1),)):
             return self.mean(node)
-        if (node.op == "call_function" and node.target is torch.flatten) or \
-                (node.op == "call_method" and node.target == "flatten"):
-            src = self.values[self.source(node.args[0])]
-            if len(src.dims) != 4 or src.dims[2:] != (1, 1) or node.args[1:] not in ((1,), ()) or node.kwargs:
-                raise NotPlannable(f"{node.name}: flatten of a {src.dims} map")
-            return self.bind(node, self.view(src, src.dims[:2]), node)
+        if ((node.op == "call_function" and node.target is torch.flatten) or
+                (node.op == "call_method" and node.target == "flatten")) and node.args[1:] == (1,) and not node.kwargs:
+            return self.flatten(node)
         if node.op == "call_function" and node.target in _ADDS + _MULS and len(node.args) == 2 \
                 and all(isinstance(a, fx.Node) for a in node.args):
             return self.binary(node, capi.BINARY_ADD if node.target in _ADDS else capi.BINARY_MUL)

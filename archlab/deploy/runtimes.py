@@ -214,7 +214,8 @@ def prepare(runtime: str, model: nn.Module, example: torch.Tensor, precision: st
         run(example)
         seconds = sum(forward.compile_seconds.values())
         kinds = sorted({c.kind for c in forward._cache.values() if not isinstance(c, str)})
-        detail += (f", compiled as {' / '.join(kinds)} ({seconds:.1f} s)" if forward.compiled else
+        skipped = "".join(f", {why}" for why in dict.fromkeys(forward.plan_skipped.values()) if plan)
+        detail += (f", compiled as {' / '.join(kinds)} ({seconds:.1f} s){skipped}" if forward.compiled else
                    f", module by module (oneDNN Graph: {'; '.join(forward.fallbacks.values()) or 'not applied'})")
     return Prepared(runtime, precision, run, detail + (", bf16" if precision == "bf16" else ""))
 

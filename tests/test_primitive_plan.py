@@ -1,0 +1,104 @@
+"""Primitive plans (archlab.deploy.primitive_plan): a folded model run as a fixed list of oneDNN primitives through
+oneDNN's C API gives the eval model's outputs, reuses its buffers, refuses what it does not run by name, and is
+what fuse(onednn=True) runs where it applies (the TorchScript graph where it does not)."""
+
+import pytest
+import torch
+
+import archlab
+from archlab.deploy import dnnl_capi, fuse
+from archlab.deploy.onednn_graph import graph_forward
+from archlab.deploy.primitive_plan import NotPlannable, build_plan
+from tests.test_deploy import assert_close_to, randomize_norms_moderately
+
+pytestmark = pytest.mark.skipif(not dnnl_capi.available(), reason=f"{dnnl_capi.PACKAGE} is not installed")
+
+# One of each kind of layer a plan runs: plain, grouped and depthwise convs, residual adds (as post-ops), squeeze-
+# excitation (mean, gated multiply; SE-ResNet's multiply then add), hard and smooth activations, max pooling.
+FAMILIES = ["resnet18", "resnext50_32x4d", "seresnet50", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small",
+            "efficientnet_b0", "efficientnet_v2_s", "mnasnet0_5", "regnet_y_400mf", "regnet_x_400mf"]
+
+
+def eval_model(name: str) -> torch.nn.Module:
+    model = archlab.create_model(name)
+    randomize_norms_moderately(model, seed=0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_plan_gives_the_eval_models_outputs_for_either_input_layout(name):
+    model = eval_model(name)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    plan = build_plan(fuse(model), x)
+    out = plan(x)
+    assert_close_to(out, ref)
+    assert torch.equal(plan(x), out)  # the reused buffers hold nothing over from the last call
+    assert torch.equal(plan(x.contiguous(memory_format=torch.channels_last)), out)
+    assert not [name for name, impl in plan.describe() if impl.startswith("ref")]  # no reference (slow) kernels
+
+
+def test_a_classifier_that_reads_a_whole_map_flattens_it_in_pytorchs_order():
+    model = eval_model("vgg11_bn")  # its classifier reads the 7x7 map; the plan keeps maps channels-last
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x)
+    assert_close_to(build_plan(fuse(model), x)(x), ref)
+
+
+def test_outputs_are_new_tensors_and_activations_share_one_arena():
+    model = eval_model("resnet18")
+    x, y = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    plan = build_plan(fuse(model), x)
+    first = plan(x)
+    kept = first.clone()
+    plan(y)
+    assert torch.equal(first, kept)
+    # Every activation of resnet18 at 64x64, batch 1, is at most 64x32x32 floats (256 KiB); without reuse its
+    # ~40 of them would take several MiB.
+    assert plan.arena_bytes < 1.5 * 2 ** 20
+
+
+@pytest.mark.parametrize("name, what", [("densenet121", "cat"), ("cifar_resnet20", "getitem"),
+                                        ("preact_resnet164", "BatchNorm2d")])
+def test_a_layer_a_plan_does_not_run_is_refused_by_name(name, what):
+    with pytest.raises(NotPlannable, match=what):
+        build_plan(fuse(eval_model(name)), torch.randn(1, 3, 32, 32))
+
+
+def test_a_plan_runs_only_the_input_it_was_built_for():
+    plan = build_plan(fuse(eval_model("mobilenet_v2")), torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="shape"):
+        plan(torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="float32"):
+        plan(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+
+
+def test_fuse_runs_a_plan_where_one_applies_and_the_graph_elsewhere():
+    x = torch.randn(1, 3, 64, 64)
+    model = eval_model("mobilenet_v2")
+    planned, graph = fuse(model, onednn=True), fuse(model, onednn=True, plan=False)
+    densenet = fuse(eval_model("densenet121"), onednn=True)
+    with torch.no_grad():
+        assert_close_to(planned(x), graph(x))
+        densenet(x)
+    kinds = [[c.kind for c in graph_forward(m)._cache.values()] for m in (planned, graph, densenet)]
+    assert kinds[0][0].startswith("a plan of ") and kinds[1] == kinds[2] == ["oneDNN Graph"]
+    assert "cat" in next(iter(graph_forward(densenet).plan_skipped.values()))
+
+
+def test_without_onednns_package_fuse_says_so_and_runs_the_graph(monkeypatch):
+    monkeypatch.setattr(dnnl_capi, "_candidates", lambda: [])
+    dnnl_capi.library.cache_clear()
+    try:
+        with pytest.raises(dnnl_capi.Unavailable, match="pip install onednn-cpu-gomp==2023.2.0"):
+            dnnl_capi.library()
+        fast = fuse(eval_model("mobilenet_v2"), onednn=True)
+        with torch.no_grad():
+            fast(torch.randn(1, 3, 64, 64))
+        forward = graph_forward(fast)
+        assert [c.kind for c in forward._cache.values()] == ["oneDNN Graph"]
+        assert "not installed" in next(iter(forward.plan_skipped.values()))
+    finally:
+        dnnl_capi.library.cache_clear()  # the next caller loads the real library again
