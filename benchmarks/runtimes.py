@@ -1,8 +1,8 @@
 """archlab's PyTorch inference form against ONNX Runtime and OpenVINO, fp32 and bf16, with the machine's GEMM rates.
 
 Each model (random weights, the same in every runtime) runs in ``fuse(model, onednn=True)`` (ours, channels-last:
-the oneDNN Graph form), in ``fuse(model, onednn=True, graph=False)`` (ours module by module: what the graph step is
-worth), ONNX Runtime and OpenVINO (both from the BatchNorm-folded ONNX file), and in bf16 ours and OpenVINO's, each
+in fp32 a primitive plan, :mod:`archlab.deploy.primitive_plan`; in bf16 the oneDNN Graph form), in fp32 also in
+``fuse(model, onednn=True, plan=False)`` (ours as the oneDNN Graph form: what the plan is worth), ONNX Runtime and OpenVINO (both from the BatchNorm-folded ONNX file), and in bf16 ours and OpenVINO's, each
 runtime in its own process, the runtimes' blocks of timed steps alternated (:func:`archlab.deploy.timing.
 bench_runtimes`); medians. Ratios are ours over theirs in images/s (> 1: ours faster), geometric means over the
 models. The same run measures this machine's fp32 and bf16 ``torch.mm`` rates and its copy bandwidth, and prints
@@ -394,9 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         return run_profile(args)
     bf16 = not args.no_bf16 and native_bf16()
-    # Ours (the oneDNN Graph form), ours module by module (what the graph step is worth), ONNX Runtime, OpenVINO.
-    pairs: list[tuple] = check_runtimes(["fused", "fused-modules", "onnxruntime", "openvino"],
+    # Ours (fuse(onednn=True): in fp32 a primitive plan, in bf16 the oneDNN Graph form), ours as the oneDNN Graph
+    # form in fp32 (what the plan is worth), ONNX Runtime, OpenVINO.
+    pairs: list[tuple] = check_runtimes(["fused", "fused-graph", "onnxruntime", "openvino"],
                                         ["fp32", "bf16"] if bf16 else ["fp32"])
+    pairs = [pair for pair in pairs if pair != ("fused-graph", "bf16")]  # bf16 has no plan: the same form twice
     load_start = os.getloadavg()
     gemm = {"fp32": [], "bf16": []}
     onednn = {"fp32": [], "bf16": []}
@@ -460,10 +462,9 @@ def report_header(args, argv, timing, gemm, onednn, bandwidth, load_start, bf16)
 
 def speed_table(models, batch, results, bf16) -> list[str]:
     head = ["model", "ours fp32 ms", "ORT ms", "OpenVINO ms", "**ours / ORT**", "ours / OpenVINO",
-            "ours module by module ms", "graph step (modules / graph)"]
+            "ours as oneDNN Graph ms", "plan step (graph / ours)"]
     if bf16:
-        head += ["ours bf16 ms", "OpenVINO bf16 ms", "ours bf16 / fp32", "ours bf16 / OpenVINO bf16",
-                 "graph step, bf16"]
+        head += ["ours bf16 ms", "OpenVINO bf16 ms", "ours bf16 / fp32", "ours bf16 / OpenVINO bf16"]
     head += ["max abs diff from fp32 eager: ours, ORT, OV, ours bf16, OV bf16 (logits up to)"]
     lines = [f"### batch {batch}: median ms per batch, speed ratios", "", "| " + " | ".join(head) + " |",
              "|---|" + "---:|" * (len(head) - 2) + "---|"]
@@ -471,16 +472,15 @@ def speed_table(models, batch, results, bf16) -> list[str]:
     for name in models:
         r = results[(name, batch)]
         ours, ort_, ov = r[("fused", "fp32")], r[("onnxruntime", "fp32")], r[("openvino", "fp32")]
-        modules = r[("fused-modules", "fp32")]
+        graph_form = r[("fused-graph", "fp32")]
         pairs = [("vs ORT", ort_["median_ms"] / ours["median_ms"]), ("vs OV", ov["median_ms"] / ours["median_ms"]),
-                 ("graph step", modules["median_ms"] / ours["median_ms"])]
+                 ("plan step", graph_form["median_ms"] / ours["median_ms"])]
         cells = [name, f"{ours['median_ms']:.1f}", f"{ort_['median_ms']:.1f}", f"{ov['median_ms']:.1f}",
-                 f"{pairs[0][1]:.2f}", f"{pairs[1][1]:.2f}", f"{modules['median_ms']:.1f}", f"{pairs[2][1]:.2f}"]
+                 f"{pairs[0][1]:.2f}", f"{pairs[1][1]:.2f}", f"{graph_form['median_ms']:.1f}", f"{pairs[2][1]:.2f}"]
         if bf16:
-            ob, vb, mb = r[("fused", "bf16")], r[("openvino", "bf16")], r[("fused-modules", "bf16")]
+            ob, vb = r[("fused", "bf16")], r[("openvino", "bf16")]
             pairs += [("bf16 gain", ours["median_ms"] / ob["median_ms"]),
-                      ("bf16 vs OV", vb["median_ms"] / ob["median_ms"]),
-                      ("graph step bf16", mb["median_ms"] / ob["median_ms"])]
+                      ("bf16 vs OV", vb["median_ms"] / ob["median_ms"])]
             cells += [f"{ob['median_ms']:.1f}", f"{vb['median_ms']:.1f}"] + [f"{v:.2f}" for _, v in pairs[3:]]
         for key, v in pairs:
             ratios[key].append(v)
@@ -489,9 +489,9 @@ def speed_table(models, batch, results, bf16) -> list[str]:
                      + f" ({ours['output_scale']:.1e})")
         lines.append("| " + " | ".join(cells) + " |")
     geo = ["**geometric mean**", "", "", "", f"**{geometric_mean(ratios['vs ORT']):.2f}**",
-           f"{geometric_mean(ratios['vs OV']):.2f}", "", f"{geometric_mean(ratios['graph step']):.2f}"]
+           f"{geometric_mean(ratios['vs OV']):.2f}", "", f"{geometric_mean(ratios['plan step']):.2f}"]
     if bf16:
-        geo += ["", ""] + [f"{geometric_mean(ratios[k]):.2f}" for k in ("bf16 gain", "bf16 vs OV", "graph step bf16")]
+        geo += ["", ""] + [f"{geometric_mean(ratios[k]):.2f}" for k in ("bf16 gain", "bf16 vs OV")]
     lines += ["| " + " | ".join(geo + [""]) + " |", ""]
     return lines
 
@@ -501,15 +501,15 @@ def flops_table(models, batch, results, macs, layers, rate, bw, bf16) -> list[st
     lines = [f"### batch {batch}: achieved GFLOP/s (2 x MACs x images/s) and share of the best GEMM rate; "
              "roofline bound", "",
              "| model | GMACs/image | " + " | ".join(f"{rt} {p}" for p in precisions
-                                                   for rt in ("ours", "ours modules", "ORT", "OV")
-                                                   if not (rt == "ORT" and p == "bf16"))
+                                                   for rt in ("ours", "ours as graph", "ORT", "OV")
+                                                   if not (rt in ("ORT", "ours as graph") and p == "bf16"))
              + " | roofline bound fp32 ms (memory-bound share) | ours fp32 / bound |",
-             "|---|---:|" + "---:|" * (4 * len(precisions) - (1 if bf16 else 0)) + "---:|---:|"]
+             "|---|---:|" + "---:|" * (4 * len(precisions) - (2 if bf16 else 0)) + "---:|---:|"]
     for name in models:
         r = results[(name, batch)]
         cells = [name, f"{macs[name] / 1e9:.2f}"]
         for p in precisions:
-            for key in (("fused", p), ("fused-modules", p), ("onnxruntime", p), ("openvino", p)):
+            for key in (("fused", p), ("fused-graph", p), ("onnxruntime", p), ("openvino", p)):
                 if key not in r:
                     continue
                 achieved = 2 * macs[name] * r[key]["images_per_s"]

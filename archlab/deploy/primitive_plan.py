@@ -35,6 +35,9 @@ from archlab.deploy.graph import Tracer, _Trunk, is_eval_identity
 from archlab.deploy.onednn import FusedConv2d
 
 
+SUM_IN_PLACE = True  # residual adds as in-place sum post-ops (see _Builder.in_place_sum)
+
+
 class NotPlannable(ValueError):
     """The model holds something a primitive plan does not run (the message names the node)."""
 
@@ -170,6 +173,8 @@ class _Builder:
             if op[0] == "eltwise":
                 self.lib.dnnl_post_ops_append_eltwise(ctypes.c_void_p(ops), op[1], ctypes.c_float(op[2]),
                                                       ctypes.c_float(op[3]))
+            elif op[0] == "sum":
+                self.lib.dnnl_post_ops_append_sum(ctypes.c_void_p(ops), ctypes.c_float(1.0), 0, capi.F32)
             else:
                 self.lib.dnnl_post_ops_append_binary(ctypes.c_void_p(ops), op[1], ctypes.c_void_p(op[2]))
         attr = self.lib.new("dnnl_primitive_attr_create")
@@ -197,7 +202,7 @@ class _Builder:
     def activation(self, node: fx.Node):
         if node.op == "call_module":
             kind = type(self.modules[node.target])
-        elif node.op in ("call_function", "call_method") and len(node.args) == 1 and not node.kwargs:
+        elif node.op in ("call_function", "call_method") and len(node.args) == 1 and set(node.kwargs) <= {"inplace"}:
             kind = _FUNCTIONAL.get(node.target)
         else:
             return None
@@ -230,6 +235,26 @@ class _Builder:
                 break
             last = reader
         return post_ops, args, last
+
+    def in_place_sum(self, node: fx.Node, last: fx.Node, post_ops: list[tuple], post_args: list[tuple[int, int]],
+                     dims):
+        """Where a conv's first post-op adds a shortcut that nothing else reads, the conv writes into the
+        shortcut's buffer and adds it as a ``sum`` post-op (what oneDNN recommends for residual blocks) instead of
+        reading it as a second input: edits ``post_ops`` / ``post_args`` and returns the output value, else None."""
+        if not SUM_IN_PLACE or not post_ops or post_ops[0][0] != "binary" or post_ops[0][1] != capi.BINARY_ADD:
+            return None
+        slot = capi.arg_post_op(0) | capi.ARG_SRC_1
+        memory = dict(post_args).get(slot)
+        shortcut = next((n for n, v in self.values.items() if v.memory == memory), None)
+        this_step = set(self._chain(node, last))
+        if memory not in self.activations or shortcut is None or any(
+                reader not in this_step and reader not in self.done for reader in self.readers(shortcut)) \
+                or any(v.memory == memory for n, v in self.values.items() if n is not shortcut):
+            return None  # the network's input, or a tensor a later step still reads (or under another name)
+        post_ops[0] = ("sum",)
+        post_args.remove((slot, memory))
+        md = self.values[shortcut].md
+        return _Value(tuple(dims), md, self.activation_memory(md, alias_of=memory))
 
     def output_value(self, node: fx.Node, dims) -> _Value:
         md = self.act_md(dims)
@@ -269,7 +294,7 @@ class _Builder:
             shift = len(own)
             post_args = own_args + [(_shifted(arg, shift), memory) for arg, memory in post_args]
             post_ops = own + post_ops
-        dst = self.output_value(last, out_dims)
+        dst = self.in_place_sum(node, last, post_ops, post_args, out_dims) or self.output_value(last, out_dims)
         pad_l = list(conv.padding)
         pad_r = [(out_dims[2 + d] - 1) * conv.stride[d] + (conv.weight.shape[2 + d] - 1) * conv.dilation[d] + 1
                  - src.dims[2 + d] - pad_l[d] for d in range(2)]
