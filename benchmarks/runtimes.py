@@ -1,8 +1,8 @@
 """archlab's PyTorch inference form against ONNX Runtime and OpenVINO, fp32 and bf16, with the machine's GEMM rates.
 
 Each model (random weights, the same in every runtime) runs in ``fuse(model, onednn=True)`` (ours, channels-last:
-in fp32 a primitive plan, :mod:`archlab.deploy.primitive_plan`; in bf16 the oneDNN Graph form), in fp32 also in
-``fuse(model, onednn=True, plan=False)`` (ours as the oneDNN Graph form: what the plan is worth), ONNX Runtime and OpenVINO (both from the BatchNorm-folded ONNX file), and in bf16 ours and OpenVINO's, each
+a primitive plan, :mod:`archlab.deploy.primitive_plan`), in ``fuse(model, onednn=True, plan=False)`` (ours as the
+oneDNN Graph form: what the plan is worth), ONNX Runtime and OpenVINO (both from the BatchNorm-folded ONNX file), and in bf16 ours and OpenVINO's, each
 runtime in its own process, the runtimes' blocks of timed steps alternated (:func:`archlab.deploy.timing.
 bench_runtimes`); medians. Ratios are ours over theirs in images/s (> 1: ours faster), geometric means over the
 models. The same run measures this machine's fp32 and bf16 ``torch.mm`` rates and its copy bandwidth, and prints
@@ -171,7 +171,10 @@ def onednn_primitive_times(text: str) -> dict[str, float]:
     spent: dict[str, float] = defaultdict(float)
     for line in text.splitlines():
         parts = line.split(",")
-        if parts[0] != "onednn_verbose" or "primitive" not in parts or "exec" not in parts:
+        # v3.4 and later mark primitive lines ("onednn_verbose,<time>,primitive,exec,..."); v3.2, which primitive
+        # plans run, does not ("onednn_verbose,exec,cpu,...").
+        if parts[0] != "onednn_verbose" or "exec" not in parts or parts[1] not in ("exec", "primitive") \
+                and "primitive" not in parts:
             continue
         at = parts.index("exec")
         try:
@@ -394,11 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         return run_profile(args)
     bf16 = not args.no_bf16 and native_bf16()
-    # Ours (fuse(onednn=True): in fp32 a primitive plan, in bf16 the oneDNN Graph form), ours as the oneDNN Graph
-    # form in fp32 (what the plan is worth), ONNX Runtime, OpenVINO.
+    # Ours (fuse(onednn=True): a primitive plan), ours as the oneDNN Graph form (plan=False: what the plan is
+    # worth), ONNX Runtime, OpenVINO.
     pairs: list[tuple] = check_runtimes(["fused", "fused-graph", "onnxruntime", "openvino"],
                                         ["fp32", "bf16"] if bf16 else ["fp32"])
-    pairs = [pair for pair in pairs if pair != ("fused-graph", "bf16")]  # bf16 has no plan: the same form twice
     load_start = os.getloadavg()
     gemm = {"fp32": [], "bf16": []}
     onednn = {"fp32": [], "bf16": []}
@@ -464,7 +466,8 @@ def speed_table(models, batch, results, bf16) -> list[str]:
     head = ["model", "ours fp32 ms", "ORT ms", "OpenVINO ms", "**ours / ORT**", "ours / OpenVINO",
             "ours as oneDNN Graph ms", "plan step (graph / ours)"]
     if bf16:
-        head += ["ours bf16 ms", "OpenVINO bf16 ms", "ours bf16 / fp32", "ours bf16 / OpenVINO bf16"]
+        head += ["ours bf16 ms", "OpenVINO bf16 ms", "ours bf16 / fp32", "ours bf16 / OpenVINO bf16",
+                 "plan step, bf16"]
     head += ["max abs diff from fp32 eager: ours, ORT, OV, ours bf16, OV bf16 (logits up to)"]
     lines = [f"### batch {batch}: median ms per batch, speed ratios", "", "| " + " | ".join(head) + " |",
              "|---|" + "---:|" * (len(head) - 2) + "---|"]
@@ -478,9 +481,10 @@ def speed_table(models, batch, results, bf16) -> list[str]:
         cells = [name, f"{ours['median_ms']:.1f}", f"{ort_['median_ms']:.1f}", f"{ov['median_ms']:.1f}",
                  f"{pairs[0][1]:.2f}", f"{pairs[1][1]:.2f}", f"{graph_form['median_ms']:.1f}", f"{pairs[2][1]:.2f}"]
         if bf16:
-            ob, vb = r[("fused", "bf16")], r[("openvino", "bf16")]
+            ob, vb, gb = r[("fused", "bf16")], r[("openvino", "bf16")], r[("fused-graph", "bf16")]
             pairs += [("bf16 gain", ours["median_ms"] / ob["median_ms"]),
-                      ("bf16 vs OV", vb["median_ms"] / ob["median_ms"])]
+                      ("bf16 vs OV", vb["median_ms"] / ob["median_ms"]),
+                      ("plan step bf16", gb["median_ms"] / ob["median_ms"])]
             cells += [f"{ob['median_ms']:.1f}", f"{vb['median_ms']:.1f}"] + [f"{v:.2f}" for _, v in pairs[3:]]
         for key, v in pairs:
             ratios[key].append(v)
@@ -491,7 +495,7 @@ def speed_table(models, batch, results, bf16) -> list[str]:
     geo = ["**geometric mean**", "", "", "", f"**{geometric_mean(ratios['vs ORT']):.2f}**",
            f"{geometric_mean(ratios['vs OV']):.2f}", "", f"{geometric_mean(ratios['plan step']):.2f}"]
     if bf16:
-        geo += ["", ""] + [f"{geometric_mean(ratios[k]):.2f}" for k in ("bf16 gain", "bf16 vs OV")]
+        geo += ["", ""] + [f"{geometric_mean(ratios[k]):.2f}" for k in ("bf16 gain", "bf16 vs OV", "plan step bf16")]
     lines += ["| " + " | ".join(geo + [""]) + " |", ""]
     return lines
 
@@ -502,9 +506,9 @@ def flops_table(models, batch, results, macs, layers, rate, bw, bf16) -> list[st
              "roofline bound", "",
              "| model | GMACs/image | " + " | ".join(f"{rt} {p}" for p in precisions
                                                    for rt in ("ours", "ours as graph", "ORT", "OV")
-                                                   if not (rt in ("ORT", "ours as graph") and p == "bf16"))
+                                                   if not (rt == "ORT" and p == "bf16"))
              + " | roofline bound fp32 ms (memory-bound share) | ours fp32 / bound |",
-             "|---|---:|" + "---:|" * (4 * len(precisions) - (2 if bf16 else 0)) + "---:|---:|"]
+             "|---|---:|" + "---:|" * (4 * len(precisions) - (1 if bf16 else 0)) + "---:|---:|"]
     for name in models:
         r = results[(name, batch)]
         cells = [name, f"{macs[name] / 1e9:.2f}"]

@@ -8,6 +8,7 @@ import torch
 import archlab
 from archlab.deploy import dnnl_capi, fuse
 from archlab.deploy.onednn_graph import graph_forward
+from archlab.deploy.precision import native_bf16
 from archlab.deploy.primitive_plan import NotPlannable, build_plan
 from tests.test_deploy import assert_close_to, randomize_norms_moderately
 
@@ -102,3 +103,16 @@ def test_without_onednns_package_fuse_says_so_and_runs_the_graph(monkeypatch):
         assert "not installed" in next(iter(forward.plan_skipped.values()))
     finally:
         dnnl_capi.library.cache_clear()  # the next caller loads the real library again
+
+
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 arithmetic (AVX-512 BF16 or AMX)")
+def test_the_bf16_form_runs_a_bf16_plan_close_to_fp32():
+    model = eval_model("mobilenet_v2")
+    x = torch.randn(2, 3, 64, 64)
+    fast = fuse(model, onednn=True, precision="bf16")
+    with torch.no_grad():
+        ref, out = model(x), fast(x)
+    assert out.dtype == torch.float32  # bf16 inside, fp32 in and out, as the bf16 form promises
+    assert (out - ref).abs().max() <= 5e-2 * ref.abs().max()
+    (compiled,) = graph_forward(fast)._cache.values()
+    assert compiled.kind.startswith("a plan of ") and compiled.graph.dtype == torch.bfloat16

@@ -28,8 +28,8 @@ def fuse(model: nn.Module, onednn: bool = False, precision: str = "fp32", graph:
     model traced and compiled by oneDNN Graph for that input's shape (:mod:`archlab.deploy.onednn_graph`; the first
     call per shape compiles, 1-2.5 s for the deployment models at 224x224), falling back to the module-by-module
     form wherever that does not apply. With ``plan=True`` (the default) and oneDNN's own library installed
-    (``onednn-cpu-gomp``, in the ``deploy`` extra), a float32 model made of the layers a primitive plan runs (the
-    whole zoo's convolutional networks) runs instead as a fixed list of oneDNN primitives called through oneDNN's C
+    (``onednn-cpu-gomp``, in the ``deploy`` extra), a model made of the layers a primitive plan runs (most of the
+    zoo), in fp32 or bf16, runs instead as a fixed list of oneDNN primitives called through oneDNN's C
     API (:mod:`archlab.deploy.primitive_plan`): the same kernels without TorchScript or the bridge between them,
     the form that is fastest at batch 1 (docs/deployment.md section 2c); the graph is the fallback.
 

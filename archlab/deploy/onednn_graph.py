@@ -206,7 +206,7 @@ class GraphForward:
         start = time.perf_counter()
         with torch.no_grad():
             expected = self.module_forward(x)
-        compiled = self._planned(x, expected) if self.plan and x.dtype == torch.float32 else "not asked for"
+        compiled = self._planned(x, expected) if self.plan else "not asked for"
         if isinstance(compiled, str):
             self.plan_skipped[readable] = compiled
             compiled = self._traced(x, expected)
@@ -229,8 +229,8 @@ class GraphForward:
 
         if not dnnl_capi.available():
             return f"no primitive plan: {dnnl_capi.PACKAGE} is not installed"
-        if any(p.dtype != torch.float32 for p in self.model.parameters()):
-            return "no primitive plan: the weights are not float32"
+        if any(p.dtype != x.dtype for p in self.model.parameters()):
+            return f"no primitive plan: the weights are not all {str(x.dtype).removeprefix('torch.')}, as the input is"
         x = x.contiguous(memory_format=TRACE_LAYOUT)
         try:
             plan = primitive_plan.build_plan(self.model, x)

@@ -15,8 +15,10 @@ pooling a pooling primitive; ``flatten`` of a 1x1 map a view. Weights are reorde
 picks for each convolution. Activations are channels-last (``nhwc``) between primitives, as in the graph form.
 Anything else in the graph (another op, a flatten of a larger map) is refused with :class:`NotPlannable`, naming it.
 
-Scope: float32 CPU inference of a model traced for one input shape; the input may be NCHW or channels-last (it is
-reordered into the plan's layout by a first primitive); the output is a new tensor on every call.
+Scope: CPU inference of a model traced for one input shape, in float32, or in bfloat16 where the model's weights and
+its input are (``fuse(precision="bf16")``: oneDNN's bf16 kernels, AMX where the CPU has it; biases added in fp32);
+the input may be NCHW (reordered into the plan's layout by a first primitive) or channels-last (read as it is); the
+output is a new tensor on every call.
 """
 
 from __future__ import annotations
@@ -87,16 +89,17 @@ class PrimitivePlan:
     _output_memory: int = 0
     _calls: list = field(default_factory=list)
     arena_bytes: int = 0  # the activations' memory, reused across layers
+    dtype: torch.dtype = torch.float32  # of the input, the output and every activation (weights too; biases fp32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape) != self.input_shape or x.dtype != torch.float32 or x.device.type != "cpu":
-            raise ValueError(f"this plan runs float32 CPU input of shape {self.input_shape}, got {x.dtype} "
-                             f"{x.device.type} {tuple(x.shape)}")
+        if tuple(x.shape) != self.input_shape or x.dtype != self.dtype or x.device.type != "cpu":
+            raise ValueError(f"this plan runs {str(self.dtype).removeprefix('torch.')} CPU input of shape "
+                             f"{self.input_shape}, got {x.dtype} {x.device.type} {tuple(x.shape)}")
         layout = torch.channels_last if self.channels_last_input else torch.contiguous_format
         if not x.is_contiguous(memory_format=layout):
             x = x.contiguous(memory_format=layout)
         lib = capi.library()
-        out = torch.empty(self.output_shape)
+        out = torch.empty(self.output_shape, dtype=self.dtype)
         lib.dnnl_memory_set_data_handle(ctypes.c_void_p(self._input_memory), ctypes.c_void_p(x.data_ptr()))
         lib.dnnl_memory_set_data_handle(ctypes.c_void_p(self._output_memory), ctypes.c_void_p(out.data_ptr()))
         lib.set_threads(self.threads)
@@ -120,10 +123,13 @@ class _Builder:
         self.values: dict[fx.Node, _Value] = {}
         self.done: set[fx.Node] = set()
         self.activations: dict[int, tuple[int, int | None]] = {}  # memory -> (bytes, the memory it aliases)
+        self.dt = capi.BF16 if plan.dtype == torch.bfloat16 else capi.F32
 
     # -- oneDNN objects -------------------------------------------------------------------------------------------
-    def md(self, dims, tag: int) -> int:
-        handle = self.lib.new("dnnl_memory_desc_create_with_tag", len(dims), capi.dims(dims), capi.F32, tag)
+    def md(self, dims, tag: int, data_type: int | None = None) -> int:
+        """A memory descriptor, in the plan's data type unless another is given."""
+        data_type = self.dt if data_type is None else data_type
+        handle = self.lib.new("dnnl_memory_desc_create_with_tag", len(dims), capi.dims(dims), data_type, tag)
         self.plan._keep.append(("md", handle))
         return handle
 
@@ -155,11 +161,12 @@ class _Builder:
         self.lib.dnnl_primitive_desc_destroy(ctypes.c_void_p(pd))
 
     def constant(self, tensor: torch.Tensor, user_tag: int, dims, wanted_md: int) -> int:
-        """A weight copied once into the layout ``wanted_md`` (a memory the library allocated)."""
+        """A weight copied once into the layout and data type of ``wanted_md`` (a memory the library allocated)."""
         tensor = tensor.detach().to(torch.float32).contiguous()
-        user = self.memory(self.md(dims, user_tag), ctypes.c_void_p(tensor.data_ptr()))
+        user_md = self.md(dims, user_tag, capi.F32)
+        user = self.memory(user_md, ctypes.c_void_p(tensor.data_ptr()))
         memory = self.memory(wanted_md)
-        pd = self.lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(self.md(dims, user_tag)),
+        pd = self.lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(user_md),
                           ctypes.c_void_p(self.lib.engine), ctypes.c_void_p(wanted_md),
                           ctypes.c_void_p(self.lib.engine), None)
         self.run_once(pd, [(capi.ARG_FROM, user), (capi.ARG_TO, memory)])
@@ -174,7 +181,7 @@ class _Builder:
                 self.lib.dnnl_post_ops_append_eltwise(ctypes.c_void_p(ops), op[1], ctypes.c_float(op[2]),
                                                       ctypes.c_float(op[3]))
             elif op[0] == "sum":
-                self.lib.dnnl_post_ops_append_sum(ctypes.c_void_p(ops), ctypes.c_float(1.0), 0, capi.F32)
+                self.lib.dnnl_post_ops_append_sum(ctypes.c_void_p(ops), ctypes.c_float(1.0), 0, self.dt)
             else:
                 self.lib.dnnl_post_ops_append_binary(ctypes.c_void_p(ops), op[1], ctypes.c_void_p(op[2]))
         attr = self.lib.new("dnnl_primitive_attr_create")
@@ -281,7 +288,7 @@ class _Builder:
         w_dims = [o, i_per_group, kh, kw] if g == 1 else [g, o // g, i_per_group, kh, kw]
         w_tag = capi.TAG_ABCD if g == 1 else capi.TAG_ABCDE
         w_any = self.md(w_dims, capi.TAG_ANY)
-        b_md = self.md([o], capi.TAG_A)
+        b_md = self.md([o], capi.TAG_A, capi.F32)  # biases stay fp32 (oneDNN adds them in fp32)
         post_ops, post_args, last = self.epilogue(node)
         if isinstance(conv, FusedConv2d):  # the module form's fused conv: act(conv(x) [+ residual]) in one call
             own, own_args = [], []
@@ -320,7 +327,7 @@ class _Builder:
         if post_args:  # a residual add after a classifier: not met in the zoo
             raise NotPlannable(f"{node.target}: an add after a linear layer")
         dst = self.output_value(last, (src.dims[0], o))
-        w_any, b_md = self.md([o, i], capi.TAG_ANY), self.md([o], capi.TAG_A)
+        w_any, b_md = self.md([o, i], capi.TAG_ANY), self.md([o], capi.TAG_A, capi.F32)
         pd = self.lib.new("dnnl_inner_product_forward_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
                           capi.FORWARD_INFERENCE, ctypes.c_void_p(src.md), ctypes.c_void_p(w_any),
                           ctypes.c_void_p(b_md), ctypes.c_void_p(dst.md), _ptr(self.attr(post_ops)))
@@ -538,11 +545,14 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
     except Exception as error:  # noqa: BLE001 - any tracing failure: this model is not a fixed graph
         raise NotPlannable(f"the model does not trace with torch.fx: {error}") from error
     module = fx.GraphModule(root, graph)
+    if example.dtype not in (torch.float32, torch.bfloat16):
+        raise NotPlannable(f"a plan runs float32 or bfloat16, not {example.dtype}")
     with torch.no_grad():
-        ShapeProp(module).propagate(example.detach().float())
+        ShapeProp(module).propagate(example.detach())
     channels_last = example.dim() == 4 and not example.is_contiguous() and \
         example.is_contiguous(memory_format=torch.channels_last)
-    plan = PrimitivePlan(tuple(example.shape), channels_last, threads or torch.get_num_threads())
+    plan = PrimitivePlan(tuple(example.shape), channels_last, threads or torch.get_num_threads(),
+                         dtype=example.dtype)
     lib.set_threads(plan.threads)
     builder = _Builder(module, module.graph, plan)
     with torch.no_grad():
