@@ -297,9 +297,11 @@ def geometric_mean(values: list[float]) -> float:
 
 def write_report(lines: list[str], out: Path) -> None:
     """A benchmark script's Markdown report: written to ``out`` (folders made), printed, and its path logged."""
+    from archlab.train.checkpoint import atomic_write_text
+
     text = "\n".join(lines)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write_text(out, text)  # an interrupted run leaves the previous report whole
     print(text)
     print(f"written to {out}", file=sys.stderr, flush=True)
 
