@@ -15,9 +15,12 @@ from tests.test_deploy import assert_close_to, randomize_norms_moderately
 pytestmark = pytest.mark.skipif(not dnnl_capi.available(), reason=f"{dnnl_capi.PACKAGE} is not installed")
 
 # One of each kind of layer a plan runs: plain, grouped and depthwise convs, residual adds (as post-ops), squeeze-
-# excitation (mean, gated multiply; SE-ResNet's multiply then add), hard and smooth activations, max pooling.
+# excitation (mean, gated multiply; SE-ResNet's multiply then add), hard and smooth activations, max pooling (with
+# ceil_mode: GoogLeNet, SqueezeNet), concatenation (DenseNet, GoogLeNet, SqueezeNet), a BatchNorm after no conv
+# (pre-activation blocks, DenseNet), average pooling (DenseNet's transitions), a model ending in a flatten.
 FAMILIES = ["resnet18", "resnext50_32x4d", "seresnet50", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small",
-            "efficientnet_b0", "efficientnet_v2_s", "mnasnet0_5", "regnet_y_400mf", "regnet_x_400mf"]
+            "efficientnet_b0", "efficientnet_v2_s", "mnasnet0_5", "regnet_y_400mf", "regnet_x_400mf", "densenet121",
+            "googlenet", "squeezenet1_1", "preact_resnet164"]
 
 
 def eval_model(name: str) -> torch.nn.Module:
@@ -61,8 +64,8 @@ def test_outputs_are_new_tensors_and_activations_share_one_arena():
     assert plan.arena_bytes < 1.5 * 2 ** 20
 
 
-@pytest.mark.parametrize("name, what", [("densenet121", "cat"), ("cifar_resnet20", "getitem"),
-                                        ("preact_resnet164", "BatchNorm2d")])
+@pytest.mark.parametrize("name, what", [("shufflenet_v2_x0_5", "channel_shuffle"), ("cifar_resnet20", "getitem"),
+                                        ("roadmap_8_gelu", "GELU")])
 def test_a_layer_a_plan_does_not_run_is_refused_by_name(name, what):
     with pytest.raises(NotPlannable, match=what):
         build_plan(fuse(eval_model(name)), torch.randn(1, 3, 32, 32))
@@ -80,13 +83,13 @@ def test_fuse_runs_a_plan_where_one_applies_and_the_graph_elsewhere():
     x = torch.randn(1, 3, 64, 64)
     model = eval_model("mobilenet_v2")
     planned, graph = fuse(model, onednn=True), fuse(model, onednn=True, plan=False)
-    densenet = fuse(eval_model("densenet121"), onednn=True)
+    shufflenet = fuse(eval_model("shufflenet_v2_x0_5"), onednn=True)
     with torch.no_grad():
         assert_close_to(planned(x), graph(x))
-        densenet(x)
-    kinds = [[c.kind for c in graph_forward(m)._cache.values()] for m in (planned, graph, densenet)]
+        shufflenet(x)
+    kinds = [[c.kind for c in graph_forward(m)._cache.values()] for m in (planned, graph, shufflenet)]
     assert kinds[0][0].startswith("a plan of ") and kinds[1] == kinds[2] == ["oneDNN Graph"]
-    assert "cat" in next(iter(graph_forward(densenet).plan_skipped.values()))
+    assert "channel_shuffle" in next(iter(graph_forward(shufflenet).plan_skipped.values()))
 
 
 def test_without_onednns_package_fuse_says_so_and_runs_the_graph(monkeypatch):

@@ -124,6 +124,7 @@ class _Builder:
         self.done: set[fx.Node] = set()
         self.activations: dict[int, tuple[int, int | None]] = {}  # memory -> (bytes, the memory it aliases)
         self.dt = capi.BF16 if plan.dtype == torch.bfloat16 else capi.F32
+        self.descriptors: dict[int, int] = {}  # activation memory -> its descriptor
 
     # -- oneDNN objects -------------------------------------------------------------------------------------------
     def md(self, dims, tag: int, data_type: int | None = None) -> int:
@@ -272,6 +273,7 @@ class _Builder:
         the same bytes as that memory)."""
         memory = self.memory(md, None)
         self.activations[memory] = (self.lib.dnnl_memory_desc_get_size(ctypes.c_void_p(md)), alias_of)
+        self.descriptors[memory] = md
         return memory
 
     def bind(self, node: fx.Node, value: _Value, *absorbed: fx.Node) -> None:
@@ -405,20 +407,58 @@ class _Builder:
         self.add_step(node.name, pd, [(capi.ARG_SRC, src.memory), (capi.ARG_DST, dst.memory)])
         self.bind(node, dst, node)
 
-    def max_pool(self, node: fx.Node, pool: nn.MaxPool2d) -> None:
+    def pool(self, node: fx.Node, algorithm: int, kernel, stride, pad, dilation=1) -> None:
+        """Max or average pooling; the right padding follows from the output's shape (``ceil_mode`` included)."""
         src = self.values[self.source(node.args[0])]
         out_dims = self.shape(node)
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-        kernel, stride, pad, dilation = pair(pool.kernel_size), pair(pool.stride), pair(pool.padding), \
-            pair(pool.dilation)
+        kernel, stride, pad, dilation = pair(kernel), pair(stride or kernel), pair(pad), pair(dilation)
         pad_r = [(out_dims[2 + d] - 1) * stride[d] + (kernel[d] - 1) * dilation[d] + 1 - src.dims[2 + d] - pad[d]
                  for d in range(2)]
         dst = self.output_value(node, out_dims)
         pd = self.lib.new("dnnl_pooling_forward_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
-                          capi.FORWARD_INFERENCE, capi.POOLING_MAX, ctypes.c_void_p(src.md),
-                          ctypes.c_void_p(dst.md), capi.dims(stride), capi.dims(kernel),
-                          capi.dims([d - 1 for d in dilation]), capi.dims(pad), capi.dims(pad_r), None)
-        self.add_step(node.target, pd, [(capi.ARG_SRC, src.memory), (capi.ARG_DST, dst.memory)])
+                          capi.FORWARD_INFERENCE, algorithm, ctypes.c_void_p(src.md), ctypes.c_void_p(dst.md),
+                          capi.dims(stride), capi.dims(kernel), capi.dims([d - 1 for d in dilation]), capi.dims(pad),
+                          capi.dims(pad_r), None)
+        self.add_step(node.name, pd, [(capi.ARG_SRC, src.memory), (capi.ARG_DST, dst.memory)])
+        self.bind(node, dst, node)
+
+    def concat(self, node: fx.Node) -> None:
+        """``torch.cat`` along channels (DenseNet's growing input, the Inception and Fire modules' branches)."""
+        parts = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not isinstance(parts, (list, tuple)) or not all(isinstance(p, fx.Node) for p in parts) or dim % 4 != 1:
+            raise NotPlannable(f"{node.name}: torch.cat other than of tensors along channels")
+        sources = [self.values[self.source(p)] for p in parts]
+        dst = self.output_value(node, self.shape(node))
+        mds = (ctypes.c_void_p * len(sources))(*[v.md for v in sources])
+        self.plan._keep.append(("array", mds))
+        pd = self.lib.new("dnnl_concat_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
+                          ctypes.c_void_p(dst.md), len(sources), 1, mds, None)
+        self.add_step(node.name, pd, [*[(capi.ARG_MULTIPLE_SRC + i, v.memory) for i, v in enumerate(sources)],
+                                      (capi.ARG_DST, dst.memory)])
+        self.bind(node, dst, node)
+
+    def batch_norm(self, node: fx.Node, norm: nn.BatchNorm2d) -> None:
+        """A BatchNorm that follows no conv (a pre-activation block's, DenseNet's): oneDNN's, with the running
+        statistics."""
+        if not (norm.track_running_stats and norm.running_mean is not None):
+            raise NotPlannable(f"{node.target}: a BatchNorm without running statistics")
+        src = self.values[self.source(node.args[0])]
+        channels = src.dims[1]
+        dst = self.output_value(node, src.dims)
+        vector = self.md([channels], capi.TAG_A, capi.F32)
+        tensors = [norm.running_mean, norm.running_var,
+                   torch.ones(channels) if norm.weight is None else norm.weight,
+                   torch.zeros(channels) if norm.bias is None else norm.bias]
+        memories = [self.constant(t, capi.TAG_A, [channels], vector) for t in tensors]
+        pd = self.lib.new("dnnl_batch_normalization_forward_primitive_desc_create",
+                          ctypes.c_void_p(self.lib.engine), capi.FORWARD_INFERENCE, ctypes.c_void_p(src.md),
+                          ctypes.c_void_p(dst.md), ctypes.c_float(norm.eps),
+                          capi.USE_GLOBAL_STATS | capi.USE_SCALE | capi.USE_SHIFT, None)
+        self.add_step(node.target, pd, [(capi.ARG_SRC, src.memory), (capi.ARG_DST, dst.memory),
+                                        *zip((capi.ARG_MEAN, capi.ARG_VARIANCE, capi.ARG_SCALE, capi.ARG_SHIFT),
+                                             memories)])
         self.bind(node, dst, node)
 
     def node(self, node: fx.Node) -> None:
@@ -430,7 +470,15 @@ class _Builder:
         if isinstance(module, nn.Linear):
             return self.linear(node, module)
         if isinstance(module, nn.MaxPool2d) and not module.return_indices:  # ceil_mode: in the output's shape
-            return self.max_pool(node, module)
+            return self.pool(node, capi.POOLING_MAX, module.kernel_size, module.stride, module.padding,
+                             module.dilation)
+        if isinstance(module, nn.AvgPool2d) and module.divisor_override is None:
+            return self.pool(node, capi.POOLING_AVG_INCLUDE_PADDING if module.count_include_pad else
+                             capi.POOLING_AVG_EXCLUDE_PADDING, module.kernel_size, module.stride, module.padding)
+        if type(module) is nn.BatchNorm2d:
+            return self.batch_norm(node, module)
+        if node.op == "call_function" and node.target is torch.cat:
+            return self.concat(node)
         if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
             return self.mean(node)
         if isinstance(module, nn.AdaptiveAvgPool2d) and self.shape(node) == self.shape(self.source(node.args[0])):
@@ -548,7 +596,10 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
     if example.dtype not in (torch.float32, torch.bfloat16):
         raise NotPlannable(f"a plan runs float32 or bfloat16, not {example.dtype}")
     with torch.no_grad():
-        ShapeProp(module).propagate(example.detach())
+        try:
+            ShapeProp(module).propagate(example.detach())
+        except Exception as error:  # noqa: BLE001 - the model itself fails on this input
+            raise NotPlannable(f"the traced model does not run on {tuple(example.shape)}: {error}") from error
     channels_last = example.dim() == 4 and not example.is_contiguous() and \
         example.is_contiguous(memory_format=torch.channels_last)
     plan = PrimitivePlan(tuple(example.shape), channels_last, threads or torch.get_num_threads(),
@@ -578,11 +629,15 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
                 if len(value.dims) != 2:
                     raise NotPlannable(f"the model's output is {len(value.dims)}-d; a plan returns logits")
                 plan.output_shape = value.dims
-                plan._output_memory = builder.memory(value.md, None)
-                # The primitive that wrote the output writes into the caller's tensor instead.
+                # The primitive that wrote the output (the one whose memory a flatten views, if one does) writes
+                # into the caller's tensor instead: the same bytes, seen with that primitive's descriptor.
+                written = value.memory
+                while builder.activations.get(written, (0, None))[1] is not None:
+                    written = builder.activations[written][1]
+                plan._output_memory = builder.memory(builder.descriptors[written], None)
                 for step in plan.steps:
                     for arg in step.args:
-                        if arg.memory == value.memory:
+                        if arg.memory == written:
                             arg.memory = plan._output_memory
             else:
                 builder.node(node)
