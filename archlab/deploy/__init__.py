@@ -3,7 +3,10 @@
 - :mod:`~archlab.deploy.graph`: the model's torch.fx dataflow graph (tracing, sub-trees, module replacement).
 - :mod:`~archlab.deploy.fold`: BatchNorm folded into the conv before it (exact on every registered model).
 - :mod:`~archlab.deploy.onednn`: on CPU, each conv run with its activation / residual add as one oneDNN primitive.
-- :mod:`~archlab.deploy.onednn_graph`: on CPU, a plain call runs the whole model compiled by oneDNN Graph.
+- :mod:`~archlab.deploy.onednn_graph`: on CPU, a plain call runs the whole model as a primitive plan or compiled by
+  oneDNN Graph.
+- :mod:`~archlab.deploy.primitive_plan`: the model as a fixed list of oneDNN primitives, called through oneDNN's C
+  API (:mod:`~archlab.deploy.dnnl_capi`), its activations in one arena (:mod:`~archlab.deploy.arena`).
 - :mod:`~archlab.deploy.form`: :func:`fuse`, the three above as one call, in fp32 or bf16.
 - :mod:`~archlab.deploy.memory`: freed memory kept for reuse (glibc), so a forward pass reuses its pages.
 - :mod:`~archlab.deploy.precision`: fp32 / bf16, and whether this CPU computes bf16 natively.

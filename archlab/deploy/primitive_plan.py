@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from archlab.deploy import arena
 from archlab.deploy import dnnl_capi as capi
 from archlab.deploy.graph import Tracer, _Trunk, is_eval_identity
 from archlab.deploy.onednn import FusedConv2d
@@ -502,67 +503,29 @@ class _Builder:
         raise NotPlannable(f"a primitive plan does not run {node.op} {what} ({node.name})")
 
 
-_ALIGN = 64  # bytes: a cache line, and AVX-512's vector width
-
-
 def _place_buffers(plan: PrimitivePlan, activations: dict[int, tuple[int, int | None]]) -> int:
-    """Give every activation a place in one arena, reusing the bytes of activations no later step reads (first
-    fit, in step order), so a forward pass writes into memory that is still in cache instead of a fresh buffer per
-    layer. Returns the arena's size in bytes."""
-    root = {m: m for m in activations}
-    for memory, (_, alias_of) in activations.items():
-        while alias_of is not None:
-            root[memory] = alias_of
-            alias_of = activations[alias_of][1]
-    first, last = {}, {}
+    """Every activation given its place in one arena (:func:`archlab.deploy.arena.place`: bytes reused once no
+    later step reads them); a view shares the bytes of the memory it views. Returns the arena's size in bytes."""
+    root = {}
+    for memory in activations:
+        root[memory] = memory
+        while activations[root[memory]][1] is not None:
+            root[memory] = activations[root[memory]][1]
+    lifetimes: dict[int, tuple[int, int]] = {}
     for index, step in enumerate(plan.steps):
         for arg in step.args:
             if arg.memory in root:
                 r = root[arg.memory]
-                first.setdefault(r, index)
-                last[r] = index
-    offsets: dict[int, int] = {}
-    free: list[tuple[int, int]] = []  # (offset, size) blocks not in use
-    top = 0
-    by_first: dict[int, list[int]] = {}
-    for r in first:
-        by_first.setdefault(first[r], []).append(r)
-    by_last: dict[int, list[int]] = {}
-    for r in last:
-        by_last.setdefault(last[r], []).append(r)
-    for index in range(len(plan.steps)):
-        for r in by_first.get(index, []):
-            size = -(-activations[r][0] // _ALIGN) * _ALIGN
-            fits = [b for b in free if b[1] >= size]
-            if fits:
-                block = min(fits, key=lambda b: b[1])
-                free.remove(block)
-                offsets[r] = block[0]
-                if block[1] > size:
-                    free.append((block[0] + size, block[1] - size))
-            else:
-                offsets[r], top = top, top + size
-        for r in by_last.get(index, []):
-            free.append((offsets[r], -(-activations[r][0] // _ALIGN) * _ALIGN))
-            free = _merged(free)
-    arena = torch.empty(top + _ALIGN, dtype=torch.uint8)
-    base = -(-arena.data_ptr() // _ALIGN) * _ALIGN
-    plan._keep.append(("arena", arena))
+                lifetimes[r] = (lifetimes.get(r, (index, index))[0], index)
+    offsets, size = arena.place({r: activations[r][0] for r in lifetimes}, lifetimes)
+    buffer = torch.empty(size + arena.ALIGN, dtype=torch.uint8)
+    base = arena.aligned(buffer.data_ptr())
+    plan._keep.append(("arena", buffer))
     lib = capi.library()
     for memory, r in root.items():
         if r in offsets:
             lib.dnnl_memory_set_data_handle(ctypes.c_void_p(memory), ctypes.c_void_p(base + offsets[r]))
-    return top
-
-
-def _merged(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for offset, size in sorted(blocks):
-        if merged and merged[-1][0] + merged[-1][1] == offset:
-            merged[-1] = (merged[-1][0], merged[-1][1] + size)
-        else:
-            merged.append((offset, size))
-    return merged
+    return size
 
 
 def _shifted(arg: int, by: int) -> int:

@@ -1,0 +1,31 @@
+"""archlab.deploy.arena: buffers placed by lifetime never share a byte while both are live, and reuse what is free."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archlab.deploy.arena import ALIGN, aligned, place
+
+buffers = st.lists(st.tuples(st.integers(1, 5000), st.integers(0, 30), st.integers(0, 10)), min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(buffers)
+def test_live_buffers_never_overlap_and_the_arena_is_no_larger_than_all_of_them(specs):
+    sizes = {i: size for i, (size, _, _) in enumerate(specs)}
+    lifetimes = {i: (first, first + length) for i, (_, first, length) in enumerate(specs)}
+    offsets, total = place(sizes, lifetimes)
+    assert set(offsets) == set(sizes) and all(offset % ALIGN == 0 for offset in offsets.values())
+    for a in sizes:
+        assert offsets[a] + sizes[a] <= total
+        for b in sizes:
+            live_together = a < b and lifetimes[a][0] <= lifetimes[b][1] and lifetimes[b][0] <= lifetimes[a][1]
+            if live_together:
+                assert offsets[a] + sizes[a] <= offsets[b] or offsets[b] + sizes[b] <= offsets[a], (a, b)
+    assert total <= sum(aligned(size) for size in sizes.values())
+
+
+def test_a_chain_of_layers_needs_two_buffers_not_one_per_layer():
+    # Each layer reads the last one's output and writes its own: two live at a time, whatever the depth.
+    sizes = {layer: 1 << 20 for layer in range(50)}
+    lifetimes = {layer: (layer, layer + 1) for layer in range(50)}
+    assert place(sizes, lifetimes)[1] == 2 << 20
