@@ -225,7 +225,8 @@ class GraphForward:
     def _planned(self, x: torch.Tensor, expected: Any) -> "Compiled | str":
         """The model as a primitive plan for ``x``'s signature (:mod:`archlab.deploy.primitive_plan`), or why not:
         oneDNN's package missing, something in the model a plan does not run, or an output that disagrees."""
-        from archlab.deploy import dnnl_capi, primitive_plan
+        import archlab.deploy.dnnl_capi as dnnl_capi
+        import archlab.deploy.primitive_plan as primitive_plan
 
         if not dnnl_capi.available():
             return f"no primitive plan: {dnnl_capi.PACKAGE} is not installed"

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from archlab.deploy import arena
-from archlab.deploy import dnnl_capi as capi
+import archlab.deploy.arena as arena
+import archlab.deploy.dnnl_capi as capi
 from archlab.deploy.graph import Tracer, _Trunk, is_eval_identity
 from archlab.deploy.onednn import FusedConv2d
 
