@@ -119,3 +119,15 @@ def test_the_bf16_form_runs_a_bf16_plan_close_to_fp32():
     assert (out - ref).abs().max() <= 5e-2 * ref.abs().max()
     (compiled,) = graph_forward(fast)._cache.values()
     assert compiled.kind.startswith("a plan of ") and compiled.graph.dtype == torch.bfloat16
+
+
+def test_threads_calling_one_plan_at_once_each_get_their_own_answer():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = eval_model("mobilenet_v2")
+    inputs = [torch.randn(1, 3, 64, 64) for _ in range(8)]
+    plan = build_plan(fuse(model), inputs[0])
+    alone = [plan(x) for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(plan, inputs * 4))
+    assert all(torch.equal(got, alone[i % 8]) for i, got in enumerate(together))

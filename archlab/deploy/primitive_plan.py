@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import operator
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -91,6 +92,7 @@ class PrimitivePlan:
     _calls: list = field(default_factory=list)
     arena_bytes: int = 0  # the activations' memory, reused across layers
     dtype: torch.dtype = torch.float32  # of the input, the output and every activation (weights too; biases fp32)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape) != self.input_shape or x.dtype != self.dtype or x.device.type != "cpu":
@@ -101,14 +103,15 @@ class PrimitivePlan:
             x = x.contiguous(memory_format=layout)
         lib = capi.library()
         out = torch.empty(self.output_shape, dtype=self.dtype)
-        lib.dnnl_memory_set_data_handle(ctypes.c_void_p(self._input_memory), ctypes.c_void_p(x.data_ptr()))
-        lib.dnnl_memory_set_data_handle(ctypes.c_void_p(self._output_memory), ctypes.c_void_p(out.data_ptr()))
-        lib.set_threads(self.threads)
-        execute, stream = lib.execute, lib.stream
-        for primitive, count, args in self._calls:
-            if execute(primitive, stream, count, args):
-                raise capi.DnnlError("dnnl_primitive_execute failed")
-        lib.dnnl_stream_wait(ctypes.c_void_p(stream))
+        with self._lock:  # one arena per plan: two threads calling it at once take turns
+            lib.dnnl_memory_set_data_handle(ctypes.c_void_p(self._input_memory), ctypes.c_void_p(x.data_ptr()))
+            lib.dnnl_memory_set_data_handle(ctypes.c_void_p(self._output_memory), ctypes.c_void_p(out.data_ptr()))
+            lib.set_threads(self.threads)
+            execute, stream = lib.execute, lib.stream
+            for primitive, count, args in self._calls:
+                if execute(primitive, stream, count, args):
+                    raise capi.DnnlError("dnnl_primitive_execute failed")
+            lib.dnnl_stream_wait(ctypes.c_void_p(stream))
         return out
 
     def describe(self) -> list[tuple[str, str]]:
