@@ -36,7 +36,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 import archlab.deploy.arena as arena
 import archlab.deploy.dnnl_capi as capi
 from archlab.deploy.graph import Tracer, _Trunk, is_eval_identity
-from archlab.deploy.onednn import FusedConv2d
+# The activations written as calls and the adds the module form (archlab.deploy.onednn) fuses: the same ones here.
+from archlab.deploy.onednn import _ADDS, _FUNCTIONAL, FusedConv2d
 
 
 SUM_IN_PLACE = True  # residual adds as in-place sum post-ops (see _Builder.in_place_sum)
@@ -55,10 +56,6 @@ _ELTWISE: dict[object, tuple[int, float, float]] = {
     nn.SiLU: (capi.ELTWISE_SWISH, 1.0, 0.0),
     nn.Sigmoid: (capi.ELTWISE_LOGISTIC, 0.0, 0.0),
 }
-_FUNCTIONAL = {F.relu: nn.ReLU, torch.relu: nn.ReLU, F.relu6: nn.ReLU6, F.hardswish: nn.Hardswish,
-               F.hardsigmoid: nn.Hardsigmoid, F.silu: nn.SiLU, torch.sigmoid: nn.Sigmoid,
-               "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
-_ADDS = (operator.add, operator.iadd, torch.add)
 _MULS = (operator.mul, operator.imul, torch.mul)
 
 
