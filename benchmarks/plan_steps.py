@@ -8,6 +8,10 @@ For each model (random weights, BatchNorm statistics drawn as a trained network'
 - **in-place sum**: the plan built with residual adds as in-place ``sum`` post-ops (the default) and without
   (``primitive_plan.SUM_IN_PLACE = False``: binary-add post-ops reading the shortcut), alternated; the ratio is
   speed with over speed without.
+- **huge pages**: the plan with its weights and activations in buffers advised ``MADV_HUGEPAGE``
+  (:func:`archlab.deploy.arena.buffer`, the default) and without (``arena.HUGE_PAGES = False``: the same single
+  buffers on 4 KiB pages), alternated; the ratio is speed with over speed without. ``AnonHugePages`` of this
+  process (``/proc/self/smaps_rollup``) is printed, to show the kernel gave huge pages at all.
 - **kernels** (``--kernels``): oneDNN's own time per kind of primitive (``ONEDNN_VERBOSE=1``, averaged over 10
   forwards), once for the plan (oneDNN v3.2) and once for the oneDNN Graph form (``plan=False``: PyTorch's bundled
   oneDNN), each in a process of its own on the same seeded weights; verbose timing adds its own overhead to both.
@@ -31,6 +35,7 @@ from pathlib import Path
 import torch
 
 import archlab
+import archlab.deploy.arena as arena
 import archlab.deploy.dnnl_capi as capi
 import archlab.deploy.primitive_plan as primitive_plan
 from archlab.bench import write_report
@@ -100,6 +105,21 @@ def whole_vs_steps(plan: primitive_plan.PrimitivePlan, x: torch.Tensor, rounds: 
     return statistics.median(whole), statistics.median(steps)
 
 
+def alternated(with_: primitive_plan.PrimitivePlan, without: primitive_plan.PrimitivePlan, x: torch.Tensor,
+               rounds: int) -> tuple[float, float]:
+    """Median ms per forward of two plans of one model, called in alternation (order reversed every round)."""
+    n = calls_per_round(with_, x)
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    for r in range(rounds):
+        pair = [("with", with_), ("without", without)]
+        for label, plan in pair if r % 2 == 0 else pair[::-1]:
+            start = time.perf_counter()
+            for _ in range(n):
+                plan(x)
+            times[label].append((time.perf_counter() - start) / n * 1e3)
+    return statistics.median(times["with"]), statistics.median(times["without"])
+
+
 def in_place_sum_gain(model: torch.nn.Module, x: torch.Tensor, rounds: int) -> tuple[float, float]:
     """Median ms per forward of the plan with residual adds as in-place sums and without."""
     with_sum = primitive_plan.build_plan(model, x)
@@ -108,16 +128,18 @@ def in_place_sum_gain(model: torch.nn.Module, x: torch.Tensor, rounds: int) -> t
         without = primitive_plan.build_plan(model, x)
     finally:
         primitive_plan.SUM_IN_PLACE = True
-    n = calls_per_round(with_sum, x)
-    times: dict[str, list[float]] = {"with": [], "without": []}
-    for r in range(rounds):
-        pair = [("with", with_sum), ("without", without)]
-        for label, plan in pair if r % 2 == 0 else pair[::-1]:
-            start = time.perf_counter()
-            for _ in range(n):
-                plan(x)
-            times[label].append((time.perf_counter() - start) / n * 1e3)
-    return statistics.median(times["with"]), statistics.median(times["without"])
+    return alternated(with_sum, without, x, rounds)
+
+
+def huge_pages_gain(model: torch.nn.Module, x: torch.Tensor, rounds: int) -> tuple[float, float]:
+    """Median ms per forward of the plan with its weights and activations on huge pages and on 4 KiB pages."""
+    with_huge = primitive_plan.build_plan(model, x)
+    arena.HUGE_PAGES = False
+    try:
+        without = primitive_plan.build_plan(model, x)
+    finally:
+        arena.HUGE_PAGES = True
+    return alternated(with_huge, without, x, rounds)
 
 
 def kernel_times(name: str, form: str, batch: int, threads: int) -> dict[str, float]:
@@ -127,6 +149,15 @@ def kernel_times(name: str, form: str, batch: int, threads: int) -> dict[str, fl
                            path], capture_output=True, text=True, check=True)
     os.remove(path)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def anon_huge_pages() -> str:
+    try:
+        rollup = Path("/proc/self/smaps_rollup").read_text()
+    except OSError:
+        return "not readable here"
+    return next((line.split(":", 1)[1].strip() for line in rollup.splitlines() if line.startswith("AnonHugePages")),
+                "not reported")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
              f"oneDNN v{'.'.join(map(str, lib.version))} ({lib.path}); torch {torch.__version__}; batch "
              f"{args.batch}, 224x224, {args.threads} thread(s); medians of {args.rounds} alternated rounds.", "",
              "| model | steps | whole ms | sum of steps ms | whole / steps | in-place sum ms | binary add ms | "
-             "in-place sum gain |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "in-place sum gain | huge pages ms | 4 KiB pages ms | huge-page gain | weights MB | activations MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     kernels = []
     for name in args.models:
         print(f"{name} ...", file=sys.stderr, flush=True)
@@ -153,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = primitive_plan.build_plan(model, x)
         whole, steps = whole_vs_steps(plan, x, args.rounds)
         with_sum, without = in_place_sum_gain(model, x, args.rounds)
+        huge, small = huge_pages_gain(model, x, args.rounds)
         lines.append(f"| {name} | {len(plan.steps)} | {whole:.3f} | {steps:.3f} | {whole / steps:.3f} | "
-                     f"{with_sum:.3f} | {without:.3f} | {without / with_sum:.3f} |")
+                     f"{with_sum:.3f} | {without:.3f} | {without / with_sum:.3f} | {huge:.3f} | {small:.3f} | "
+                     f"{small / huge:.3f} | {plan.weight_bytes / 1e6:.1f} | {plan.arena_bytes / 1e6:.1f} |")
         if args.kernels:
             kernels.append((name, kernel_times(name, "plan", args.batch, args.threads),
                             kernel_times(name, "graph", args.batch, args.threads)))
@@ -165,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in sorted(set(plan_k) | set(graph_k), key=lambda k: -max(plan_k.get(k, 0), graph_k.get(k, 0))):
                 lines.append(f"| {name} | {kind} | {plan_k.get(kind, 0):.3f} | {graph_k.get(kind, 0):.3f} |")
             lines.append(f"| {name} | **all** | **{sum(plan_k.values()):.3f}** | **{sum(graph_k.values()):.3f}** |")
+    lines += ["", f"AnonHugePages of this process at the end: {anon_huge_pages()}."]
     write_report(lines + [""], args.out)
     return 0
 

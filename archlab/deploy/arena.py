@@ -9,9 +9,14 @@ the same way). Returns offsets, never pointers: the caller owns the arena.
 
 from __future__ import annotations
 
+import mmap
 from typing import Hashable
 
+import torch
+
 ALIGN = 64  # bytes: a cache line, and AVX-512's vector width
+HUGE_PAGE = 2 << 20  # bytes: x86-64's transparent huge page
+HUGE_PAGES = True  # buffers() asks for huge pages (a switch for benchmarks/plan_steps.py's with/without)
 
 
 def aligned(size: int) -> int:
@@ -55,3 +60,26 @@ def _merged(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((offset, size))
     return merged
+
+
+def buffer(size: int) -> tuple[torch.Tensor, int]:
+    """A buffer of at least ``size`` bytes: (the tensor that owns it, its start address, aligned to :data:`ALIGN`).
+
+    Where the OS has transparent huge pages (Linux in its ``madvise`` or ``always`` mode) a buffer of a megabyte
+    or more is a fresh anonymous mapping, 2 MiB-aligned and advised ``MADV_HUGEPAGE`` before any page is touched,
+    so the kernel backs it with 2 MiB pages: a forward pass streams every weight once, and with 4 KiB pages
+    ResNet-50's 100 MB of them are 25,000 TLB misses per image (docs/deployment.md section 2c measures what it is
+    worth). Elsewhere, and for small buffers, an ordinary tensor.
+    """
+    if HUGE_PAGES and size >= HUGE_PAGE // 2 and hasattr(mmap, "MADV_HUGEPAGE"):
+        length = -(-size // HUGE_PAGE) * HUGE_PAGE
+        mapping = mmap.mmap(-1, length + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        owner = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive
+        start = -(-owner.data_ptr() // HUGE_PAGE) * HUGE_PAGE
+        try:
+            mapping.madvise(mmap.MADV_HUGEPAGE, start - owner.data_ptr(), length)
+        except OSError:  # a kernel without transparent huge pages: ordinary pages, the same buffer
+            pass
+        return owner, start
+    owner = torch.empty(size + ALIGN, dtype=torch.uint8)
+    return owner, aligned(owner.data_ptr())

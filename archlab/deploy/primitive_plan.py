@@ -88,6 +88,7 @@ class PrimitivePlan:
     _output_memory: int = 0
     _calls: list = field(default_factory=list)
     arena_bytes: int = 0  # the activations' memory, reused across layers
+    weight_bytes: int = 0  # every weight and bias, in the layouts their primitives read, in one buffer
     dtype: torch.dtype = torch.float32  # of the input, the output and every activation (weights too; biases fp32)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -126,6 +127,7 @@ class _Builder:
         self.activations: dict[int, tuple[int, int | None]] = {}  # memory -> (bytes, the memory it aliases)
         self.dt = capi.BF16 if plan.dtype == torch.bfloat16 else capi.F32
         self.descriptors: dict[int, int] = {}  # activation memory -> its descriptor
+        self.constants: list[tuple] = []  # weights waiting for their place (see place_constants)
 
     # -- oneDNN objects -------------------------------------------------------------------------------------------
     def md(self, dims, tag: int, data_type: int | None = None) -> int:
@@ -163,16 +165,32 @@ class _Builder:
         self.lib.dnnl_primitive_desc_destroy(ctypes.c_void_p(pd))
 
     def constant(self, tensor: torch.Tensor, user_tag: int, dims, wanted_md: int) -> int:
-        """A weight copied once into the layout and data type of ``wanted_md`` (a memory the library allocated)."""
+        """A weight, to be copied into the layout and data type of ``wanted_md`` once every weight has its place
+        (:meth:`place_constants`): its memory object, without a buffer yet."""
         tensor = tensor.detach().to(torch.float32).contiguous()
         user_md = self.md(dims, user_tag, capi.F32)
         user = self.memory(user_md, ctypes.c_void_p(tensor.data_ptr()))
-        memory = self.memory(wanted_md)
-        pd = self.lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(user_md),
-                          ctypes.c_void_p(self.lib.engine), ctypes.c_void_p(wanted_md),
-                          ctypes.c_void_p(self.lib.engine), None)
-        self.run_once(pd, [(capi.ARG_FROM, user), (capi.ARG_TO, memory)])
+        memory = self.memory(wanted_md, None)
+        self.constants.append((tensor, user_md, user, wanted_md, memory))
         return memory
+
+    def place_constants(self) -> int:
+        """Every weight in one buffer (:func:`archlab.deploy.arena.buffer`: huge pages where the OS has them),
+        each reordered into its place; returns the buffer's size in bytes."""
+        sizes = [arena.aligned(self.lib.dnnl_memory_desc_get_size(ctypes.c_void_p(c[3]))) for c in self.constants]
+        owner, base = arena.buffer(sum(sizes))
+        self.plan._keep.append(("weights", owner))
+        offset = 0
+        for (tensor, user_md, user, wanted_md, memory), size in zip(self.constants, sizes):
+            self.lib.dnnl_memory_set_data_handle(ctypes.c_void_p(memory), ctypes.c_void_p(base + offset))
+            offset += size
+            pd = self.lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(user_md),
+                              ctypes.c_void_p(self.lib.engine), ctypes.c_void_p(wanted_md),
+                              ctypes.c_void_p(self.lib.engine), None)
+            self.run_once(pd, [(capi.ARG_FROM, user), (capi.ARG_TO, memory)])
+        self.lib.dnnl_stream_wait(ctypes.c_void_p(self.lib.stream))
+        self.constants.clear()  # the model's own tensors: no longer needed
+        return offset
 
     def attr(self, post_ops: list[tuple]) -> int | None:
         if not post_ops:
@@ -518,8 +536,7 @@ def _place_buffers(plan: PrimitivePlan, activations: dict[int, tuple[int, int | 
                 r = root[arg.memory]
                 lifetimes[r] = (lifetimes.get(r, (index, index))[0], index)
     offsets, size = arena.place({r: activations[r][0] for r in lifetimes}, lifetimes)
-    buffer = torch.empty(size + arena.ALIGN, dtype=torch.uint8)
-    base = arena.aligned(buffer.data_ptr())
+    buffer, base = arena.buffer(size)
     plan._keep.append(("arena", buffer))
     lib = capi.library()
     for memory, r in root.items():
@@ -605,4 +622,5 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
             else:
                 builder.node(node)
     plan.arena_bytes = _place_buffers(plan, builder.activations)
+    plan.weight_bytes = builder.place_constants()
     return plan
