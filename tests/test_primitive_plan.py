@@ -131,3 +131,26 @@ def test_threads_calling_one_plan_at_once_each_get_their_own_answer():
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(plan, inputs * 4))
     assert all(torch.equal(got, alone[i % 8]) for i, got in enumerate(together))
+
+
+def test_a_dropped_plan_gives_its_onednn_objects_back(monkeypatch):
+    import gc
+
+    import archlab.deploy.primitive_plan as primitive_plan
+
+    released = []
+    release = primitive_plan._release
+    monkeypatch.setattr(primitive_plan, "_release", lambda keep: released.append(
+        sum(kind == "primitive" for kind, _ in keep)) or release(keep))
+    model = fuse(archlab.create_model("resnet18", num_classes=10).eval())
+    x = torch.randn(1, 3, 32, 32)
+    plan = build_plan(model, x)
+    steps, expected = len(plan.steps), plan(x)
+    del plan
+    gc.collect()
+    assert released == [steps]  # every primitive it made, destroyed once
+    with pytest.raises(NotPlannable):
+        build_plan(fuse(archlab.create_model("shufflenet_v2_x0_5").eval()), x)  # refused halfway: released too
+    gc.collect()
+    assert len(released) == 2
+    assert torch.equal(build_plan(model, x)(x), expected)  # the library is as it was

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import operator
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -154,7 +155,7 @@ class _Builder:
         step = _Step(name, primitive, array, self.lib.impl_name(pd))
         self.plan.steps.append(step)
         self.plan._calls.append((primitive, len(args), ctypes.addressof(array)))
-        self.plan._keep.append(("pd", pd))
+        self.plan._keep += [("pd", pd), ("primitive", primitive)]
 
     def run_once(self, pd: int, args: list[tuple[int, int]]) -> None:
         primitive = self.lib.new("dnnl_primitive_create", ctypes.c_void_p(pd))
@@ -545,6 +546,20 @@ def _place_buffers(plan: PrimitivePlan, activations: dict[int, tuple[int, int | 
     return size
 
 
+_DESTROY = {"primitive": "dnnl_primitive_destroy", "pd": "dnnl_primitive_desc_destroy",
+            "attr": "dnnl_primitive_attr_destroy", "memory": "dnnl_memory_destroy", "md": "dnnl_memory_desc_destroy"}
+
+
+def _release(keep: list) -> None:
+    """Destroy a dropped plan's oneDNN objects, those that use others first."""
+    lib = capi.library()
+    for kind in _DESTROY:
+        for what, handle in keep:
+            if what == kind:
+                getattr(lib, _DESTROY[kind])(ctypes.c_void_p(handle))
+    keep.clear()
+
+
 def _shifted(arg: int, by: int) -> int:
     """A post-op's argument slot moved ``by`` places down the post-op list."""
     index = arg // 32768 - 1
@@ -586,6 +601,8 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
                          dtype=example.dtype)
     lib.set_threads(plan.threads)
     builder = _Builder(module, module.graph, plan)
+    # oneDNN's objects go with the plan (JIT code, descriptors; buffers are the plan's own tensors).
+    weakref.finalize(plan, _release, plan._keep).atexit = False
     with torch.no_grad():
         for node in module.graph.nodes:
             if node.op == "placeholder":
