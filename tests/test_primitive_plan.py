@@ -17,10 +17,11 @@ pytestmark = pytest.mark.skipif(not dnnl_capi.available(), reason=f"{dnnl_capi.P
 # One of each kind of layer a plan runs: plain, grouped and depthwise convs, residual adds (as post-ops), squeeze-
 # excitation (mean, gated multiply; SE-ResNet's multiply then add), hard and smooth activations, max pooling (with
 # ceil_mode: GoogLeNet, SqueezeNet), concatenation (DenseNet, GoogLeNet, SqueezeNet), a BatchNorm after no conv
-# (pre-activation blocks, DenseNet), average pooling (DenseNet's transitions), a model ending in a flatten.
+# (pre-activation blocks, DenseNet), average pooling (DenseNet's transitions), a model ending in a flatten, a
+# channel split and shuffle (ShuffleNet V2: one piece read as a view by a concat, the other copied for a conv).
 FAMILIES = ["resnet18", "resnext50_32x4d", "seresnet50", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small",
             "efficientnet_b0", "efficientnet_v2_s", "mnasnet0_5", "regnet_y_400mf", "regnet_x_400mf", "densenet121",
-            "googlenet", "squeezenet1_1", "preact_resnet164"]
+            "googlenet", "squeezenet1_1", "preact_resnet164", "shufflenet_v2_x0_5"]
 
 
 def eval_model(name: str) -> torch.nn.Module:
@@ -64,8 +65,7 @@ def test_outputs_are_new_tensors_and_activations_share_one_arena():
     assert plan.arena_bytes < 1.5 * 2 ** 20
 
 
-@pytest.mark.parametrize("name, what", [("shufflenet_v2_x0_5", "channel_shuffle"), ("cifar_resnet20", "getitem"),
-                                        ("roadmap_8_gelu", "GELU")])
+@pytest.mark.parametrize("name, what", [("cifar_resnet20", "getitem"), ("roadmap_8_gelu", "GELU")])
 def test_a_layer_a_plan_does_not_run_is_refused_by_name(name, what):
     with pytest.raises(NotPlannable, match=what):
         build_plan(fuse(eval_model(name)), torch.randn(1, 3, 32, 32))
@@ -83,13 +83,13 @@ def test_fuse_runs_a_plan_where_one_applies_and_the_graph_elsewhere():
     x = torch.randn(1, 3, 64, 64)
     model = eval_model("mobilenet_v2")
     planned, graph = fuse(model, onednn=True), fuse(model, onednn=True, plan=False)
-    shufflenet = fuse(eval_model("shufflenet_v2_x0_5"), onednn=True)
+    cifar = fuse(eval_model("cifar_resnet20"), onednn=True)  # option-A shortcut: a strided slice, not planned
     with torch.no_grad():
         assert_close_to(planned(x), graph(x))
-        shufflenet(x)
-    kinds = [[c.kind for c in graph_forward(m)._cache.values()] for m in (planned, graph, shufflenet)]
+        cifar(x[..., :32, :32])
+    kinds = [[c.kind for c in graph_forward(m)._cache.values()] for m in (planned, graph, cifar)]
     assert kinds[0][0].startswith("a plan of ") and kinds[1] == kinds[2] == ["oneDNN Graph"]
-    assert "channel_shuffle" in next(iter(graph_forward(shufflenet).plan_skipped.values()))
+    assert "getitem" in next(iter(graph_forward(cifar).plan_skipped.values()))
 
 
 def test_without_onednns_package_fuse_says_so_and_runs_the_graph(monkeypatch):
@@ -140,8 +140,8 @@ def test_a_dropped_plan_gives_its_onednn_objects_back(monkeypatch):
 
     released = []
     release = primitive_plan._release
-    monkeypatch.setattr(primitive_plan, "_release", lambda keep: released.append(
-        sum(kind == "primitive" for kind, _ in keep)) or release(keep))
+    monkeypatch.setattr(primitive_plan, "_release", lambda lib, keep: released.append(
+        sum(kind == "primitive" for kind, _ in keep)) or release(lib, keep))
     model = fuse(archlab.create_model("resnet18", num_classes=10).eval())
     x = torch.randn(1, 3, 32, 32)
     plan = build_plan(model, x)
@@ -150,7 +150,7 @@ def test_a_dropped_plan_gives_its_onednn_objects_back(monkeypatch):
     gc.collect()
     assert released == [steps]  # every primitive it made, destroyed once
     with pytest.raises(NotPlannable):
-        build_plan(fuse(archlab.create_model("shufflenet_v2_x0_5").eval()), x)  # refused halfway: released too
+        build_plan(fuse(archlab.create_model("cifar_resnet20").eval()), x)  # refused halfway: released too
     gc.collect()
     assert len(released) == 2
     assert torch.equal(build_plan(model, x)(x), expected)  # the library is as it was

@@ -39,6 +39,7 @@ import archlab.deploy.dnnl_capi as capi
 from archlab.deploy.graph import Tracer, _Trunk, is_eval_identity
 # The activations written as calls and the adds the module form (archlab.deploy.onednn) fuses: the same ones here.
 from archlab.deploy.onednn import _ADDS, _FUNCTIONAL, FusedConv2d
+from archlab.models.shufflenet_v2 import channel_shuffle
 
 
 SUM_IN_PLACE = True  # residual adds as in-place sum post-ops (see _Builder.in_place_sum)
@@ -459,6 +460,54 @@ class _Builder:
                                       (capi.ARG_DST, dst.memory)])
         self.bind(node, dst, node)
 
+    def strided_md(self, dims, strides) -> int:
+        handle = self.lib.new("dnnl_memory_desc_create_with_strides", len(dims), capi.dims(dims), self.dt,
+                              capi.dims(strides))
+        self.plan._keep.append(("md", handle))
+        return handle
+
+    def reorder_step(self, name: str, src_md: int, src_memory: int, dst_md: int, dst_memory: int) -> None:
+        pd = self.lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(src_md),
+                          ctypes.c_void_p(self.lib.engine), ctypes.c_void_p(dst_md), ctypes.c_void_p(self.lib.engine),
+                          None)
+        self.add_step(name, pd, [(capi.ARG_FROM, src_memory), (capi.ARG_TO, dst_memory)])
+
+    def shuffle(self, node: fx.Node) -> None:
+        """ShuffleNet's channel shuffle (arXiv:1707.01083, Figure 1c): one reorder between two 5-d views of the
+        channels-last buffers, (N, groups, C / groups, H, W), the channel index read as g * C/groups + j and
+        written as j * groups + g."""
+        src = self.values[self.source(node.args[0])]
+        groups = node.args[1] if len(node.args) > 1 else node.kwargs["groups"]
+        if len(src.dims) != 4 or src.dims[1] % groups:
+            raise NotPlannable(f"{node.name}: channel shuffle of {src.dims} in {groups} groups")
+        n, c, h, w = src.dims
+        dims = [n, groups, c // groups, h, w]
+        read = self.strided_md(dims, [h * w * c, c // groups, 1, w * c, c])
+        written = self.strided_md(dims, [h * w * c, 1, groups, w * c, c])
+        dst = self.output_value(node, src.dims)
+        self.reorder_step(node.name, read, self.activation_memory(read, alias_of=src.memory), written,
+                          self.activation_memory(written, alias_of=dst.memory))
+        self.bind(node, dst, node)
+
+    def chunk_piece(self, node: fx.Node) -> None:
+        """A piece of ``x.chunk(k, dim=1)`` (ShuffleNet V2's channel split): a view of its channels where only
+        concatenations read it (oneDNN's concat reads strided sources), else a copy into a buffer of its own."""
+        chunk, index = node.args
+        src = self.values[self.source(chunk.args[0])]
+        dims = self.shape(node)
+        if len(src.dims) != 4 or tuple(dims[2:]) != tuple(src.dims[2:]):
+            raise NotPlannable(f"{node.name}: a chunk other than along the channels of a 4-d tensor")
+        offsets = [0, index * -(-src.dims[1] // _chunks(chunk)), 0, 0]
+        view = self.lib.new("dnnl_memory_desc_create_submemory", ctypes.c_void_p(src.md), capi.dims(dims),
+                            capi.dims(offsets))
+        self.plan._keep.append(("md", view))
+        piece = _Value(tuple(dims), view, self.activation_memory(view, alias_of=src.memory))
+        if not all(r.op == "call_function" and r.target is torch.cat for r in self.readers(node)):
+            dense = self.output_value(node, dims)
+            self.reorder_step(node.name, piece.md, piece.memory, dense.md, dense.memory)
+            piece = dense
+        self.bind(node, piece, node)
+
     def batch_norm(self, node: fx.Node, norm: nn.BatchNorm2d) -> None:
         """A BatchNorm that follows no conv (a pre-activation block's, DenseNet's): oneDNN's, with the running
         statistics."""
@@ -499,6 +548,13 @@ class _Builder:
             return self.batch_norm(node, module)
         if node.op == "call_function" and node.target is torch.cat:
             return self.concat(node)
+        if node.op == "call_function" and node.target is channel_shuffle:
+            return self.shuffle(node)
+        if _is_chunk(node):
+            return None  # each piece is taken by its getitem
+        if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) \
+                and _is_chunk(node.args[0]):
+            return self.chunk_piece(node)
         if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
             return self.mean(node)
         if isinstance(module, nn.AdaptiveAvgPool2d) and self.shape(node) == self.shape(self.source(node.args[0])):
@@ -550,9 +606,8 @@ _DESTROY = {"primitive": "dnnl_primitive_destroy", "pd": "dnnl_primitive_desc_de
             "attr": "dnnl_primitive_attr_destroy", "memory": "dnnl_memory_destroy", "md": "dnnl_memory_desc_destroy"}
 
 
-def _release(keep: list) -> None:
-    """Destroy a dropped plan's oneDNN objects, those that use others first."""
-    lib = capi.library()
+def _release(lib: capi.Library, keep: list) -> None:
+    """Destroy a dropped plan's oneDNN objects (made by ``lib``), those that use others first."""
     for kind in _DESTROY:
         for what, handle in keep:
             if what == kind:
@@ -564,6 +619,19 @@ def _shifted(arg: int, by: int) -> int:
     """A post-op's argument slot moved ``by`` places down the post-op list."""
     index = arg // 32768 - 1
     return capi.arg_post_op(index + by) | (arg % 32768)
+
+
+def _is_chunk(node: fx.Node) -> bool:
+    """``x.chunk(k, dim=1)`` / ``torch.chunk(x, k, 1)``."""
+    if not ((node.op == "call_method" and node.target == "chunk") or
+            (node.op == "call_function" and node.target is torch.chunk)):
+        return False
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    return dim % 4 == 1 and all(u.op == "call_function" and u.target is operator.getitem for u in node.users)
+
+
+def _chunks(node: fx.Node) -> int:
+    return node.args[1] if len(node.args) > 1 else node.kwargs["chunks"]
 
 
 def _spatial_mean(node: fx.Node) -> bool:
@@ -602,7 +670,7 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
     lib.set_threads(plan.threads)
     builder = _Builder(module, module.graph, plan)
     # oneDNN's objects go with the plan (JIT code, descriptors; buffers are the plan's own tensors).
-    weakref.finalize(plan, _release, plan._keep).atexit = False
+    weakref.finalize(plan, _release, lib, plan._keep).atexit = False
     with torch.no_grad():
         for node in module.graph.nodes:
             if node.op == "placeholder":
