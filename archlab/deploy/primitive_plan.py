@@ -508,6 +508,46 @@ class _Builder:
             piece = dense
         self.bind(node, piece, node)
 
+    def subsample(self, node: fx.Node) -> None:
+        """``x[:, :, ::s, ::s]`` (the CIFAR ResNets' option-A shortcut, arXiv:1512.03385 Sec. 4.2): a strided view
+        of the map where only a channel pad reads it (the pad copies it), else a copy into a buffer of its own."""
+        src = self.values[self.source(node.args[0])]
+        step = _spatial_step(node)
+        n, c, h, w = src.dims
+        dims = self.shape(node)
+        view = self.strided_md(dims, [h * w * c, 1, step * w * c, step * c])
+        piece = _Value(tuple(dims), view, self.activation_memory(view, alias_of=src.memory))
+        if not all(r.op == "call_function" and r.target is F.pad for r in self.readers(node)):
+            dense = self.output_value(node, dims)
+            self.reorder_step(node.name, piece.md, piece.memory, dense.md, dense.memory)
+            piece = dense
+        self.bind(node, piece, node)
+
+    def channel_pad(self, node: fx.Node) -> None:
+        """``F.pad(x, (0, 0, 0, 0, 0, k))``: ``k`` zero channels after ``x``'s (the option-A shortcut): ``x`` and
+        a buffer of zeros each reordered into their channels of the output."""
+        src = self.values[self.source(node.args[0])]
+        pads = tuple(node.args[1]) if len(node.args) > 1 else tuple(node.kwargs["pad"])
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        if len(src.dims) != 4 or mode != "constant" or value not in (None, 0, 0.0) or len(pads) != 6 \
+                or any(pads[:5]):
+            raise NotPlannable(f"{node.name}: a pad other than zero channels after a 4-d map's")
+        dims = self.shape(node)
+        dst = self.output_value(node, dims)
+        extra = [dims[0], pads[5], *dims[2:]]
+        parts = [(src.md, src.memory, src.dims, 0)]
+        if pads[5]:
+            zeros_md = self.act_md(extra)
+            zeros = self.constant(torch.zeros(extra), capi.TAG_ABCD, extra, zeros_md)
+            parts.append((zeros_md, zeros, extra, src.dims[1]))
+        for md, memory, part_dims, offset in parts:
+            view = self.lib.new("dnnl_memory_desc_create_submemory", ctypes.c_void_p(dst.md), capi.dims(part_dims),
+                                capi.dims([0, offset, 0, 0]))
+            self.plan._keep.append(("md", view))
+            self.reorder_step(node.name, md, memory, view, self.activation_memory(view, alias_of=dst.memory))
+        self.bind(node, dst, node)
+
     def batch_norm(self, node: fx.Node, norm: nn.BatchNorm2d) -> None:
         """A BatchNorm that follows no conv (a pre-activation block's, DenseNet's): oneDNN's, with the running
         statistics."""
@@ -555,6 +595,10 @@ class _Builder:
         if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) \
                 and _is_chunk(node.args[0]):
             return self.chunk_piece(node)
+        if node.op == "call_function" and node.target is operator.getitem and _spatial_step(node) is not None:
+            return self.subsample(node)
+        if node.op == "call_function" and node.target is F.pad:
+            return self.channel_pad(node)
         if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
             return self.mean(node)
         if isinstance(module, nn.AdaptiveAvgPool2d) and self.shape(node) == self.shape(self.source(node.args[0])):
@@ -628,6 +672,18 @@ def _is_chunk(node: fx.Node) -> bool:
         return False
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
     return dim % 4 == 1 and all(u.op == "call_function" and u.target is operator.getitem for u in node.users)
+
+
+def _spatial_step(node: fx.Node) -> int | None:
+    """``s`` where ``node`` is ``x[:, :, ::s, ::s]`` of a 4-d ``x``, else None."""
+    index = node.args[1]
+    if not isinstance(index, tuple) or len(index) != 4 or not all(isinstance(i, slice) for i in index):
+        return None
+    if any(i != slice(None) for i in index[:2]) or any(i.start not in (None, 0) or i.stop is not None
+                                                        for i in index[2:]):
+        return None
+    steps = {i.step or 1 for i in index[2:]}
+    return steps.pop() if len(steps) == 1 else None
 
 
 def _chunks(node: fx.Node) -> int:
