@@ -229,6 +229,9 @@ class _Builder:
         return found
 
     def activation(self, node: fx.Node):
+        if node.op == "call_module" and isinstance(self.modules[node.target], nn.GELU):  # exact or tanh form
+            tanh = self.modules[node.target].approximate == "tanh"
+            return (capi.ELTWISE_GELU_TANH if tanh else capi.ELTWISE_GELU_ERF, 0.0, 0.0)
         if node.op == "call_module":
             kind = type(self.modules[node.target])
         elif node.op in ("call_function", "call_method") and len(node.args) == 1 and set(node.kwargs) <= {"inplace"}:
