@@ -161,8 +161,8 @@ def test_a_dropped_plan_gives_its_onednn_objects_back(monkeypatch):
     import archlab.deploy.primitive_plan as primitive_plan
 
     released = []
-    release = primitive_plan._release
-    monkeypatch.setattr(primitive_plan, "_release", lambda lib, keep: released.append(
+    release = primitive_plan.release
+    monkeypatch.setattr(primitive_plan, "release", lambda lib, keep: released.append(
         sum(kind == "primitive" for kind, _ in keep)) or release(lib, keep))
     model = fuse(archlab.create_model("resnet18", num_classes=10).eval())
     x = torch.randn(1, 3, 32, 32)

@@ -6,7 +6,9 @@
 - :mod:`~archlab.deploy.onednn_graph`: on CPU, a plain call runs the whole model as a primitive plan or compiled by
   oneDNN Graph.
 - :mod:`~archlab.deploy.primitive_plan`: the model as a fixed list of oneDNN primitives, called through oneDNN's C
-  API (:mod:`~archlab.deploy.dnnl_capi`), its activations in one arena (:mod:`~archlab.deploy.arena`).
+  API (:mod:`~archlab.deploy.dnnl_capi`); the plan and the oneDNN objects it owns in
+  :mod:`~archlab.deploy.plan_objects`, the steps that only move bytes in :mod:`~archlab.deploy.plan_layout`, its
+  weights and activations in buffers placed by :mod:`~archlab.deploy.arena`.
 - :mod:`~archlab.deploy.form`: :func:`fuse`, the three above as one call, in fp32 or bf16.
 - :mod:`~archlab.deploy.memory`: freed memory kept for reuse (glibc), so a forward pass reuses its pages.
 - :mod:`~archlab.deploy.precision`: fp32 / bf16, and whether this CPU computes bf16 natively.

@@ -10,10 +10,15 @@ call per primitive into a plan that already holds every primitive, memory object
 What a plan is. The BatchNorm-folded model (:func:`archlab.deploy.fuse`) traced by torch.fx; each node in order
 becomes a primitive: a convolution takes the activations, the residual add and the activation after it that follow
 it (single readers only) as post-ops; a linear layer its activation; a spatial mean (``AdaptiveAvgPool2d(1)``,
-``x.mean((2, 3))``) is a reduction; squeeze-excitation's scaling multiply is a broadcast binary primitive; max
-pooling a pooling primitive; ``flatten`` of a 1x1 map a view. Weights are reordered once into the layout oneDNN
-picks for each convolution. Activations are channels-last (``nhwc``) between primitives, as in the graph form.
-Anything else in the graph (another op, a flatten of a larger map) is refused with :class:`NotPlannable`, naming it.
+``x.mean((2, 3))``) is a whole-map average pooling; squeeze-excitation's scaling multiply is a broadcast binary
+primitive; max and average pooling, BatchNorm after no conv, and element-wise activations (GELU among them) are
+primitives of their own. Weights are reordered once into the layout oneDNN picks for each convolution.
+Activations are channels-last (``nhwc``) between primitives, as in the graph form. Anything else in the graph is
+refused with :class:`NotPlannable`, naming it.
+
+Where it lives. This module walks the graph and decides what each node becomes (:class:`_Builder`); the plan, the
+oneDNN objects it owns and their buffers are :mod:`archlab.deploy.plan_objects`; the steps that only move bytes
+(flatten, concat, ShuffleNet's shuffle and split, the option-A shortcut) are :mod:`archlab.deploy.plan_layout`.
 
 Scope: CPU inference of a model traced for one input shape, in float32, or in bfloat16 where the model's weights and
 its input are (``fuse(precision="bf16")``: oneDNN's bf16 kernels, AMX where the CPU has it; biases added in fp32);
@@ -25,28 +30,26 @@ from __future__ import annotations
 
 import ctypes
 import operator
-import threading
 import weakref
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-import archlab.deploy.arena as arena
 import archlab.deploy.dnnl_capi as capi
+import archlab.deploy.plan_layout as plan_layout
 from archlab.deploy.graph import Tracer, _Trunk, is_eval_identity
 # The activations written as calls and the adds the module form (archlab.deploy.onednn) fuses: the same ones here.
 from archlab.deploy.onednn import _ADDS, _FUNCTIONAL, FusedConv2d
+from archlab.deploy.plan_objects import (NotPlannable, Objects, PrimitivePlan, Value, place_buffers, ptr, release,
+                                         shifted)
 from archlab.models.shufflenet_v2 import channel_shuffle
+
+__all__ = ["NotPlannable", "PrimitivePlan", "SUM_IN_PLACE", "build_plan"]
 
 
 SUM_IN_PLACE = True  # residual adds as in-place sum post-ops (see _Builder.in_place_sum)
-
-
-class NotPlannable(ValueError):
-    """The model holds something a primitive plan does not run (the message names the node)."""
 
 
 # Activation -> (oneDNN eltwise algorithm, alpha, beta), as PyTorch defines each.
@@ -58,159 +61,20 @@ _ELTWISE: dict[object, tuple[int, float, float]] = {
     nn.SiLU: (capi.ELTWISE_SWISH, 1.0, 0.0),
     nn.Sigmoid: (capi.ELTWISE_LOGISTIC, 0.0, 0.0),
 }
+
 _MULS = (operator.mul, operator.imul, torch.mul)
 
 
-@dataclass
-class _Value:
-    """A tensor of the plan: its dims (PyTorch's order), oneDNN memory descriptor and memory object."""
-    dims: tuple[int, ...]
-    md: int
-    memory: int
 
+class _Builder(Objects):
+    """Walks the traced graph in order and makes each node's primitive (or absorbs the node into one)."""
 
-@dataclass
-class _Step:
-    name: str
-    primitive: int
-    args: ctypes.Array
-    impl: str = ""
-
-
-@dataclass
-class PrimitivePlan:
-    """The compiled plan for one input shape and layout; call it with such an input."""
-    input_shape: tuple[int, ...]
-    channels_last_input: bool
-    threads: int
-    output_shape: tuple[int, ...] = ()
-    steps: list[_Step] = field(default_factory=list)
-    _keep: list = field(default_factory=list)  # weights, descriptors and arrays the primitives point at
-    _input_memory: int = 0
-    _output_memory: int = 0
-    _calls: list = field(default_factory=list)
-    arena_bytes: int = 0  # the activations' memory, reused across layers
-    weight_bytes: int = 0  # every weight and bias, in the layouts their primitives read, in one buffer
-    dtype: torch.dtype = torch.float32  # of the input, the output and every activation (weights too; biases fp32)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape) != self.input_shape or x.dtype != self.dtype or x.device.type != "cpu":
-            raise ValueError(f"this plan runs {str(self.dtype).removeprefix('torch.')} CPU input of shape "
-                             f"{self.input_shape}, got {x.dtype} {x.device.type} {tuple(x.shape)}")
-        layout = torch.channels_last if self.channels_last_input else torch.contiguous_format
-        if not x.is_contiguous(memory_format=layout):
-            x = x.contiguous(memory_format=layout)
-        lib = capi.library()
-        out = torch.empty(self.output_shape, dtype=self.dtype)
-        with self._lock:  # one arena per plan: two threads calling it at once take turns
-            lib.dnnl_memory_set_data_handle(ctypes.c_void_p(self._input_memory), ctypes.c_void_p(x.data_ptr()))
-            lib.dnnl_memory_set_data_handle(ctypes.c_void_p(self._output_memory), ctypes.c_void_p(out.data_ptr()))
-            lib.set_threads(self.threads)
-            execute, stream = lib.execute, lib.stream
-            for primitive, count, args in self._calls:
-                if execute(primitive, stream, count, args):
-                    raise capi.DnnlError("dnnl_primitive_execute failed")
-            lib.dnnl_stream_wait(ctypes.c_void_p(stream))
-        return out
-
-    def describe(self) -> list[tuple[str, str]]:
-        """(step, oneDNN implementation) for each primitive, in order."""
-        return [(s.name, s.impl) for s in self.steps]
-
-
-class _Builder:
     def __init__(self, root: nn.Module, graph: fx.Graph, plan: PrimitivePlan) -> None:
-        self.lib = capi.library()
-        self.root, self.graph, self.plan = root, graph, plan
+        super().__init__(plan)
+        self.root, self.graph = root, graph
         self.modules = dict(root.named_modules())
-        self.values: dict[fx.Node, _Value] = {}
+        self.values: dict[fx.Node, Value] = {}
         self.done: set[fx.Node] = set()
-        self.activations: dict[int, tuple[int, int | None]] = {}  # memory -> (bytes, the memory it aliases)
-        self.dt = capi.BF16 if plan.dtype == torch.bfloat16 else capi.F32
-        self.descriptors: dict[int, int] = {}  # activation memory -> its descriptor
-        self.constants: list[tuple] = []  # weights waiting for their place (see place_constants)
-
-    # -- oneDNN objects -------------------------------------------------------------------------------------------
-    def md(self, dims, tag: int, data_type: int | None = None) -> int:
-        """A memory descriptor, in the plan's data type unless another is given."""
-        data_type = self.dt if data_type is None else data_type
-        handle = self.lib.new("dnnl_memory_desc_create_with_tag", len(dims), capi.dims(dims), data_type, tag)
-        self.plan._keep.append(("md", handle))
-        return handle
-
-    def act_md(self, dims) -> int:
-        return self.md(dims, capi.TAG_ACDB if len(dims) == 4 else capi.TAG_AB if len(dims) == 2 else capi.TAG_A)
-
-    def memory(self, md: int, handle=capi.MEMORY_ALLOCATE) -> int:
-        memory = self.lib.new("dnnl_memory_create", ctypes.c_void_p(md), ctypes.c_void_p(self.lib.engine), handle)
-        self.plan._keep.append(("memory", memory))
-        return memory
-
-    def queried(self, pd: int, what: int) -> int:
-        return self.lib.dnnl_primitive_desc_query_md(ctypes.c_void_p(pd), what, 0)
-
-    def add_step(self, name: str, pd: int, args: list[tuple[int, int]]) -> None:
-        primitive = self.lib.new("dnnl_primitive_create", ctypes.c_void_p(pd))
-        array = (capi.ExecArg * len(args))(*[capi.ExecArg(a, m) for a, m in args])
-        step = _Step(name, primitive, array, self.lib.impl_name(pd))
-        self.plan.steps.append(step)
-        self.plan._calls.append((primitive, len(args), ctypes.addressof(array)))
-        self.plan._keep += [("pd", pd), ("primitive", primitive)]
-
-    def run_once(self, pd: int, args: list[tuple[int, int]]) -> None:
-        primitive = self.lib.new("dnnl_primitive_create", ctypes.c_void_p(pd))
-        array = (capi.ExecArg * len(args))(*[capi.ExecArg(a, m) for a, m in args])
-        self.lib.dnnl_primitive_execute(ctypes.c_void_p(primitive), ctypes.c_void_p(self.lib.stream), len(args), array)
-        self.lib.dnnl_stream_wait(ctypes.c_void_p(self.lib.stream))
-        self.lib.dnnl_primitive_destroy(ctypes.c_void_p(primitive))
-        self.lib.dnnl_primitive_desc_destroy(ctypes.c_void_p(pd))
-
-    def constant(self, tensor: torch.Tensor, user_tag: int, dims, wanted_md: int) -> int:
-        """A weight, to be copied into the layout and data type of ``wanted_md`` once every weight has its place
-        (:meth:`place_constants`): its memory object, without a buffer yet."""
-        tensor = tensor.detach().to(torch.float32).contiguous()
-        user_md = self.md(dims, user_tag, capi.F32)
-        user = self.memory(user_md, ctypes.c_void_p(tensor.data_ptr()))
-        memory = self.memory(wanted_md, None)
-        self.constants.append((tensor, user_md, user, wanted_md, memory))
-        return memory
-
-    def place_constants(self) -> int:
-        """Every weight in one buffer (:func:`archlab.deploy.arena.buffer`: huge pages where the OS has them),
-        each reordered into its place; returns the buffer's size in bytes."""
-        sizes = [arena.aligned(self.lib.dnnl_memory_desc_get_size(ctypes.c_void_p(c[3]))) for c in self.constants]
-        owner, base = arena.buffer(sum(sizes))
-        self.plan._keep.append(("weights", owner))
-        offset = 0
-        for (tensor, user_md, user, wanted_md, memory), size in zip(self.constants, sizes):
-            self.lib.dnnl_memory_set_data_handle(ctypes.c_void_p(memory), ctypes.c_void_p(base + offset))
-            offset += size
-            pd = self.lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(user_md),
-                              ctypes.c_void_p(self.lib.engine), ctypes.c_void_p(wanted_md),
-                              ctypes.c_void_p(self.lib.engine), None)
-            self.run_once(pd, [(capi.ARG_FROM, user), (capi.ARG_TO, memory)])
-        self.lib.dnnl_stream_wait(ctypes.c_void_p(self.lib.stream))
-        self.constants.clear()  # the model's own tensors: no longer needed
-        return offset
-
-    def attr(self, post_ops: list[tuple]) -> int | None:
-        if not post_ops:
-            return None
-        ops = self.lib.new("dnnl_post_ops_create")
-        for op in post_ops:
-            if op[0] == "eltwise":
-                self.lib.dnnl_post_ops_append_eltwise(ctypes.c_void_p(ops), op[1], ctypes.c_float(op[2]),
-                                                      ctypes.c_float(op[3]))
-            elif op[0] == "sum":
-                self.lib.dnnl_post_ops_append_sum(ctypes.c_void_p(ops), ctypes.c_float(1.0), 0, self.dt)
-            else:
-                self.lib.dnnl_post_ops_append_binary(ctypes.c_void_p(ops), op[1], ctypes.c_void_p(op[2]))
-        attr = self.lib.new("dnnl_primitive_attr_create")
-        self.lib.dnnl_primitive_attr_set_post_ops(ctypes.c_void_p(attr), ctypes.c_void_p(ops))
-        self.lib.dnnl_post_ops_destroy(ctypes.c_void_p(ops))
-        self.plan._keep.append(("attr", attr))
-        return attr
 
     # -- the graph ------------------------------------------------------------------------------------------------
     def source(self, node) -> fx.Node:
@@ -286,21 +150,9 @@ class _Builder:
         post_ops[0] = ("sum",)
         post_args.remove((slot, memory))
         md = self.values[shortcut].md
-        return _Value(tuple(dims), md, self.activation_memory(md, alias_of=memory))
+        return Value(tuple(dims), md, self.activation_memory(md, alias_of=memory))
 
-    def output_value(self, node: fx.Node, dims) -> _Value:
-        md = self.act_md(dims)
-        return _Value(tuple(dims), md, self.activation_memory(md))
-
-    def activation_memory(self, md: int, alias_of: int | None = None) -> int:
-        """A memory object for an activation, its buffer placed later by :func:`_place_buffers` (``alias_of``:
-        the same bytes as that memory)."""
-        memory = self.memory(md, None)
-        self.activations[memory] = (self.lib.dnnl_memory_desc_get_size(ctypes.c_void_p(md)), alias_of)
-        self.descriptors[memory] = md
-        return memory
-
-    def bind(self, node: fx.Node, value: _Value, *absorbed: fx.Node) -> None:
+    def bind(self, node: fx.Node, value: Value, *absorbed: fx.Node) -> None:
         self.values[node] = value
         self.done.update(absorbed)
 
@@ -325,7 +177,7 @@ class _Builder:
             if conv.act is not None:
                 own.append(("eltwise", *_ELTWISE[type(conv.act)]))
             shift = len(own)
-            post_args = own_args + [(_shifted(arg, shift), memory) for arg, memory in post_args]
+            post_args = own_args + [(shifted(arg, shift), memory) for arg, memory in post_args]
             post_ops = own + post_ops
         dst = self.in_place_sum(node, last, post_ops, post_args, out_dims) or self.output_value(last, out_dims)
         pad_l = list(conv.padding)
@@ -335,7 +187,7 @@ class _Builder:
                           capi.FORWARD_INFERENCE, capi.CONVOLUTION_DIRECT, ctypes.c_void_p(src.md),
                           ctypes.c_void_p(w_any), ctypes.c_void_p(b_md), ctypes.c_void_p(dst.md),
                           capi.dims(conv.stride), capi.dims([d - 1 for d in conv.dilation]), capi.dims(pad_l),
-                          capi.dims(pad_r), _ptr(self.attr(post_ops)))
+                          capi.dims(pad_r), ptr(self.attr(post_ops)))
         weights = self.constant(conv.weight.reshape(w_dims), w_tag, w_dims, self.queried(pd, capi.QUERY_WEIGHTS_MD))
         bias = conv.bias if conv.bias is not None else torch.zeros(o)
         bias_memory = self.constant(bias, capi.TAG_A, [o], b_md)
@@ -356,7 +208,7 @@ class _Builder:
         w_any, b_md = self.md([o, i], capi.TAG_ANY), self.md([o], capi.TAG_A, capi.F32)
         pd = self.lib.new("dnnl_inner_product_forward_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
                           capi.FORWARD_INFERENCE, ctypes.c_void_p(src.md), ctypes.c_void_p(w_any),
-                          ctypes.c_void_p(b_md), ctypes.c_void_p(dst.md), _ptr(self.attr(post_ops)))
+                          ctypes.c_void_p(b_md), ctypes.c_void_p(dst.md), ptr(self.attr(post_ops)))
         weights = self.constant(linear.weight, capi.TAG_AB, [o, i], self.queried(pd, capi.QUERY_WEIGHTS_MD))
         bias = linear.bias if linear.bias is not None else torch.zeros(o)
         bias_memory = self.constant(bias, capi.TAG_A, [o], b_md)
@@ -378,7 +230,7 @@ class _Builder:
         dims = self.shape(node)
         keep = dims if len(dims) == 4 else (*dims, 1, 1)
         dst_md = self.act_md(keep)
-        dst = _Value(tuple(keep), dst_md, self.activation_memory(dst_md))
+        dst = Value(tuple(keep), dst_md, self.activation_memory(dst_md))
         window = capi.dims(src.dims[2:])
         pd = self.lib.new("dnnl_pooling_forward_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
                           capi.FORWARD_INFERENCE, capi.POOLING_AVG_EXCLUDE_PADDING, ctypes.c_void_p(src.md),
@@ -386,28 +238,6 @@ class _Builder:
                           capi.dims([0, 0]), None)
         self.add_step(str(node.target), pd, [(capi.ARG_SRC, src.memory), (capi.ARG_DST, dst.memory)])
         self.bind(node, dst if len(dims) == 4 else self.view(dst, dims), node)
-
-    def view(self, value: _Value, dims) -> _Value:
-        """The same buffer seen with other dims (a 1x1 map as a matrix: both layouts are the same bytes)."""
-        md = self.act_md(dims)
-        return _Value(tuple(dims), md, self.activation_memory(md, alias_of=value.memory))
-
-    def flatten(self, node: fx.Node) -> None:
-        """``flatten(x, 1)``: a view of a 1x1 map; a larger map is first reordered to NCHW, PyTorch's flattening
-        order (VGG's classifier reads a 7x7 map)."""
-        src = self.values[self.source(node.args[0])]
-        if len(src.dims) != 4:
-            raise NotPlannable(f"{node.name}: flatten of a {len(src.dims)}-d tensor")
-        n, c, h, w = src.dims
-        if (h, w) != (1, 1):
-            md = self.md(src.dims, capi.TAG_ABCD)
-            plain = _Value(src.dims, md, self.activation_memory(md))
-            pd = self.lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(src.md),
-                              ctypes.c_void_p(self.lib.engine), ctypes.c_void_p(md), ctypes.c_void_p(self.lib.engine),
-                              None)
-            self.add_step(node.name, pd, [(capi.ARG_FROM, src.memory), (capi.ARG_TO, plain.memory)])
-            src = plain
-        self.bind(node, self.view(src, (n, c * h * w)), node)
 
     def binary(self, node: fx.Node, algorithm: int) -> None:
         a, b = (self.values[self.source(arg)] for arg in node.args)
@@ -417,7 +247,7 @@ class _Builder:
         dst = self.output_value(last, self.shape(node))
         pd = self.lib.new("dnnl_binary_primitive_desc_create", ctypes.c_void_p(self.lib.engine), algorithm,
                           ctypes.c_void_p(a.md), ctypes.c_void_p(b.md), ctypes.c_void_p(dst.md),
-                          _ptr(self.attr(post_ops)))
+                          ptr(self.attr(post_ops)))
         self.add_step(node.name, pd, [(capi.ARG_SRC, a.memory), (capi.ARG_SRC_1, b.memory),
                                       (capi.ARG_DST, dst.memory), *post_args])
         self.bind(last, dst, *self._chain(node, last))
@@ -445,110 +275,6 @@ class _Builder:
                           capi.dims(stride), capi.dims(kernel), capi.dims([d - 1 for d in dilation]), capi.dims(pad),
                           capi.dims(pad_r), None)
         self.add_step(node.name, pd, [(capi.ARG_SRC, src.memory), (capi.ARG_DST, dst.memory)])
-        self.bind(node, dst, node)
-
-    def concat(self, node: fx.Node) -> None:
-        """``torch.cat`` along channels (DenseNet's growing input, the Inception and Fire modules' branches)."""
-        parts = node.args[0]
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if not isinstance(parts, (list, tuple)) or not all(isinstance(p, fx.Node) for p in parts) or dim % 4 != 1:
-            raise NotPlannable(f"{node.name}: torch.cat other than of tensors along channels")
-        sources = [self.values[self.source(p)] for p in parts]
-        dst = self.output_value(node, self.shape(node))
-        mds = (ctypes.c_void_p * len(sources))(*[v.md for v in sources])
-        self.plan._keep.append(("array", mds))
-        pd = self.lib.new("dnnl_concat_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
-                          ctypes.c_void_p(dst.md), len(sources), 1, mds, None)
-        self.add_step(node.name, pd, [*[(capi.ARG_MULTIPLE_SRC + i, v.memory) for i, v in enumerate(sources)],
-                                      (capi.ARG_DST, dst.memory)])
-        self.bind(node, dst, node)
-
-    def strided_md(self, dims, strides) -> int:
-        handle = self.lib.new("dnnl_memory_desc_create_with_strides", len(dims), capi.dims(dims), self.dt,
-                              capi.dims(strides))
-        self.plan._keep.append(("md", handle))
-        return handle
-
-    def reorder_step(self, name: str, src_md: int, src_memory: int, dst_md: int, dst_memory: int) -> None:
-        pd = self.lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(src_md),
-                          ctypes.c_void_p(self.lib.engine), ctypes.c_void_p(dst_md), ctypes.c_void_p(self.lib.engine),
-                          None)
-        self.add_step(name, pd, [(capi.ARG_FROM, src_memory), (capi.ARG_TO, dst_memory)])
-
-    def shuffle(self, node: fx.Node) -> None:
-        """ShuffleNet's channel shuffle (arXiv:1707.01083, Figure 1c): one reorder between two 5-d views of the
-        channels-last buffers, (N, groups, C / groups, H, W), the channel index read as g * C/groups + j and
-        written as j * groups + g."""
-        src = self.values[self.source(node.args[0])]
-        groups = node.args[1] if len(node.args) > 1 else node.kwargs["groups"]
-        if len(src.dims) != 4 or src.dims[1] % groups:
-            raise NotPlannable(f"{node.name}: channel shuffle of {src.dims} in {groups} groups")
-        n, c, h, w = src.dims
-        dims = [n, groups, c // groups, h, w]
-        read = self.strided_md(dims, [h * w * c, c // groups, 1, w * c, c])
-        written = self.strided_md(dims, [h * w * c, 1, groups, w * c, c])
-        dst = self.output_value(node, src.dims)
-        self.reorder_step(node.name, read, self.activation_memory(read, alias_of=src.memory), written,
-                          self.activation_memory(written, alias_of=dst.memory))
-        self.bind(node, dst, node)
-
-    def chunk_piece(self, node: fx.Node) -> None:
-        """A piece of ``x.chunk(k, dim=1)`` (ShuffleNet V2's channel split): a view of its channels where only
-        concatenations read it (oneDNN's concat reads strided sources), else a copy into a buffer of its own."""
-        chunk, index = node.args
-        src = self.values[self.source(chunk.args[0])]
-        dims = self.shape(node)
-        if len(src.dims) != 4 or tuple(dims[2:]) != tuple(src.dims[2:]):
-            raise NotPlannable(f"{node.name}: a chunk other than along the channels of a 4-d tensor")
-        offsets = [0, index * -(-src.dims[1] // _chunks(chunk)), 0, 0]
-        view = self.lib.new("dnnl_memory_desc_create_submemory", ctypes.c_void_p(src.md), capi.dims(dims),
-                            capi.dims(offsets))
-        self.plan._keep.append(("md", view))
-        piece = _Value(tuple(dims), view, self.activation_memory(view, alias_of=src.memory))
-        if not all(r.op == "call_function" and r.target is torch.cat for r in self.readers(node)):
-            dense = self.output_value(node, dims)
-            self.reorder_step(node.name, piece.md, piece.memory, dense.md, dense.memory)
-            piece = dense
-        self.bind(node, piece, node)
-
-    def subsample(self, node: fx.Node) -> None:
-        """``x[:, :, ::s, ::s]`` (the CIFAR ResNets' option-A shortcut, arXiv:1512.03385 Sec. 4.2): a strided view
-        of the map where only a channel pad reads it (the pad copies it), else a copy into a buffer of its own."""
-        src = self.values[self.source(node.args[0])]
-        step = _spatial_step(node)
-        n, c, h, w = src.dims
-        dims = self.shape(node)
-        view = self.strided_md(dims, [h * w * c, 1, step * w * c, step * c])
-        piece = _Value(tuple(dims), view, self.activation_memory(view, alias_of=src.memory))
-        if not all(r.op == "call_function" and r.target is F.pad for r in self.readers(node)):
-            dense = self.output_value(node, dims)
-            self.reorder_step(node.name, piece.md, piece.memory, dense.md, dense.memory)
-            piece = dense
-        self.bind(node, piece, node)
-
-    def channel_pad(self, node: fx.Node) -> None:
-        """``F.pad(x, (0, 0, 0, 0, 0, k))``: ``k`` zero channels after ``x``'s (the option-A shortcut): ``x`` and
-        a buffer of zeros each reordered into their channels of the output."""
-        src = self.values[self.source(node.args[0])]
-        pads = tuple(node.args[1]) if len(node.args) > 1 else tuple(node.kwargs["pad"])
-        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
-        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
-        if len(src.dims) != 4 or mode != "constant" or value not in (None, 0, 0.0) or len(pads) != 6 \
-                or any(pads[:5]):
-            raise NotPlannable(f"{node.name}: a pad other than zero channels after a 4-d map's")
-        dims = self.shape(node)
-        dst = self.output_value(node, dims)
-        extra = [dims[0], pads[5], *dims[2:]]
-        parts = [(src.md, src.memory, src.dims, 0)]
-        if pads[5]:
-            zeros_md = self.act_md(extra)
-            zeros = self.constant(torch.zeros(extra), capi.TAG_ABCD, extra, zeros_md)
-            parts.append((zeros_md, zeros, extra, src.dims[1]))
-        for md, memory, part_dims, offset in parts:
-            view = self.lib.new("dnnl_memory_desc_create_submemory", ctypes.c_void_p(dst.md), capi.dims(part_dims),
-                                capi.dims([0, offset, 0, 0]))
-            self.plan._keep.append(("md", view))
-            self.reorder_step(node.name, md, memory, view, self.activation_memory(view, alias_of=dst.memory))
         self.bind(node, dst, node)
 
     def batch_norm(self, node: fx.Node, norm: nn.BatchNorm2d) -> None:
@@ -590,31 +316,31 @@ class _Builder:
         if type(module) is nn.BatchNorm2d:
             return self.batch_norm(node, module)
         if node.op == "call_function" and node.target is torch.cat:
-            return self.concat(node)
+            return plan_layout.concat(self, node)
         if node.op == "call_function" and node.target is channel_shuffle:
-            return self.shuffle(node)
-        if _is_chunk(node):
+            return plan_layout.shuffle(self, node)
+        if plan_layout.is_chunk(node):
             return None  # each piece is taken by its getitem
         if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) \
-                and _is_chunk(node.args[0]):
-            return self.chunk_piece(node)
-        if node.op == "call_function" and node.target is operator.getitem and _spatial_step(node) is not None:
-            return self.subsample(node)
+                and plan_layout.is_chunk(node.args[0]):
+            return plan_layout.chunk_piece(self, node)
+        if node.op == "call_function" and node.target is operator.getitem and plan_layout.spatial_step(node) is not None:
+            return plan_layout.subsample(self, node)
         if node.op == "call_function" and node.target is F.pad:
-            return self.channel_pad(node)
+            return plan_layout.channel_pad(self, node)
         if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
             return self.mean(node)
         if isinstance(module, nn.AdaptiveAvgPool2d) and self.shape(node) == self.shape(self.source(node.args[0])):
             return self.bind(node, self.values[self.source(node.args[0])], node)  # VGG's 7x7 pool of a 7x7 map
         if isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1:
-            return self.flatten(node)
+            return plan_layout.flatten(self, node)
         if node.op == "call_method" and node.target == "mean" and _spatial_mean(node):
             return self.mean(node)
         if node.op == "call_function" and node.target is F.adaptive_avg_pool2d and node.args[1:] in ((1,), ((1, 1),)):
             return self.mean(node)
         if ((node.op == "call_function" and node.target is torch.flatten) or
                 (node.op == "call_method" and node.target == "flatten")) and node.args[1:] == (1,) and not node.kwargs:
-            return self.flatten(node)
+            return plan_layout.flatten(self, node)
         if node.op == "call_function" and node.target in _ADDS + _MULS and len(node.args) == 2 \
                 and all(isinstance(a, fx.Node) for a in node.args):
             return self.binary(node, capi.BINARY_ADD if node.target in _ADDS else capi.BINARY_MUL)
@@ -625,81 +351,9 @@ class _Builder:
         raise NotPlannable(f"a primitive plan does not run {node.op} {what} ({node.name})")
 
 
-def _place_buffers(plan: PrimitivePlan, activations: dict[int, tuple[int, int | None]]) -> int:
-    """Every activation given its place in one arena (:func:`archlab.deploy.arena.place`: bytes reused once no
-    later step reads them); a view shares the bytes of the memory it views. Returns the arena's size in bytes."""
-    root = {}
-    for memory in activations:
-        root[memory] = memory
-        while activations[root[memory]][1] is not None:
-            root[memory] = activations[root[memory]][1]
-    lifetimes: dict[int, tuple[int, int]] = {}
-    for index, step in enumerate(plan.steps):
-        for arg in step.args:
-            if arg.memory in root:
-                r = root[arg.memory]
-                lifetimes[r] = (lifetimes.get(r, (index, index))[0], index)
-    offsets, size = arena.place({r: activations[r][0] for r in lifetimes}, lifetimes)
-    buffer, base = arena.buffer(size)
-    plan._keep.append(("arena", buffer))
-    lib = capi.library()
-    for memory, r in root.items():
-        if r in offsets:
-            lib.dnnl_memory_set_data_handle(ctypes.c_void_p(memory), ctypes.c_void_p(base + offsets[r]))
-    return size
-
-
-_DESTROY = {"primitive": "dnnl_primitive_destroy", "pd": "dnnl_primitive_desc_destroy",
-            "attr": "dnnl_primitive_attr_destroy", "memory": "dnnl_memory_destroy", "md": "dnnl_memory_desc_destroy"}
-
-
-def _release(lib: capi.Library, keep: list) -> None:
-    """Destroy a dropped plan's oneDNN objects (made by ``lib``), those that use others first."""
-    for kind in _DESTROY:
-        for what, handle in keep:
-            if what == kind:
-                getattr(lib, _DESTROY[kind])(ctypes.c_void_p(handle))
-    keep.clear()
-
-
-def _shifted(arg: int, by: int) -> int:
-    """A post-op's argument slot moved ``by`` places down the post-op list."""
-    index = arg // 32768 - 1
-    return capi.arg_post_op(index + by) | (arg % 32768)
-
-
-def _is_chunk(node: fx.Node) -> bool:
-    """``x.chunk(k, dim=1)`` / ``torch.chunk(x, k, 1)``."""
-    if not ((node.op == "call_method" and node.target == "chunk") or
-            (node.op == "call_function" and node.target is torch.chunk)):
-        return False
-    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-    return dim % 4 == 1 and all(u.op == "call_function" and u.target is operator.getitem for u in node.users)
-
-
-def _spatial_step(node: fx.Node) -> int | None:
-    """``s`` where ``node`` is ``x[:, :, ::s, ::s]`` of a 4-d ``x``, else None."""
-    index = node.args[1]
-    if not isinstance(index, tuple) or len(index) != 4 or not all(isinstance(i, slice) for i in index):
-        return None
-    if any(i != slice(None) for i in index[:2]) or any(i.start not in (None, 0) or i.stop is not None
-                                                        for i in index[2:]):
-        return None
-    steps = {i.step or 1 for i in index[2:]}
-    return steps.pop() if len(steps) == 1 else None
-
-
-def _chunks(node: fx.Node) -> int:
-    return node.args[1] if len(node.args) > 1 else node.kwargs["chunks"]
-
-
 def _spatial_mean(node: fx.Node) -> bool:
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     return dims is not None and sorted(d % 4 for d in dims) == [2, 3]
-
-
-def _ptr(handle: int | None) -> ctypes.c_void_p | None:
-    return ctypes.c_void_p(handle) if handle is not None else None
 
 
 def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = None) -> PrimitivePlan:
@@ -729,7 +383,7 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
     lib.set_threads(plan.threads)
     builder = _Builder(module, module.graph, plan)
     # oneDNN's objects go with the plan (JIT code, descriptors; buffers are the plan's own tensors).
-    weakref.finalize(plan, _release, lib, plan._keep).atexit = False
+    weakref.finalize(plan, release, lib, plan._keep).atexit = False
     with torch.no_grad():
         for node in module.graph.nodes:
             if node.op == "placeholder":
@@ -737,7 +391,7 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
                 user_md = builder.md(dims, capi.TAG_ACDB if channels_last else capi.TAG_ABCD)
                 plan._input_memory = builder.memory(user_md, None)
                 if channels_last:  # already the plan's layout: the first layer reads the caller's tensor
-                    builder.bind(node, _Value(dims, user_md, plan._input_memory), node)
+                    builder.bind(node, Value(dims, user_md, plan._input_memory), node)
                     continue
                 internal = builder.output_value(node, dims)
                 pd = lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(user_md),
@@ -765,6 +419,7 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
                             arg.memory = plan._output_memory
             else:
                 builder.node(node)
-    plan.arena_bytes = _place_buffers(plan, builder.activations)
+    plan.arena_bytes = place_buffers(plan, builder.activations)
     plan.weight_bytes = builder.place_constants()
     return plan
+
