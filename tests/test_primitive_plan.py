@@ -77,10 +77,26 @@ def unplannable() -> torch.nn.Module:
     return small(torch.nn.ELU())
 
 
-@pytest.mark.parametrize("name, what", [("vgg11", "AdaptiveAvgPool2d"), ("convnext_tiny", "does not trace")])
-def test_a_layer_a_plan_does_not_run_is_refused_by_name(name, what):
+@pytest.mark.parametrize("make, what", [(lambda: eval_model("vgg11"), "AdaptiveAvgPool2d"), (unplannable, "ELU")])
+def test_a_layer_a_plan_does_not_run_is_refused_by_name(make, what):
     with pytest.raises(NotPlannable, match=what):
-        build_plan(fuse(eval_model(name)), torch.randn(1, 3, 32, 32))
+        build_plan(fuse(make()), torch.randn(1, 3, 32, 32))
+
+
+def test_convnext_plans_its_layernorm_over_channels_and_its_layer_scale():
+    model = eval_model("convnext_tiny")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layer_scale"):  # 1e-6 at init would hide the blocks' branches
+                p.uniform_(0.1, 1.0)
+    model = fuse(model)
+    x = torch.randn(1, 3, 64, 64)
+    plan = build_plan(model, x)
+    with torch.no_grad():
+        assert_close_to(plan(x), model(x))
+    modules = dict(model.named_modules())
+    norms = [n for n, _ in plan.describe() if isinstance(modules.get(n.removeprefix("m.")), torch.nn.LayerNorm)]
+    assert len(norms) == sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules()) == 23  # each one step
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])

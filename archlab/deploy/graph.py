@@ -55,7 +55,9 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         # Kept as one call: modules that declare themselves leaves (archlab.deploy.onednn.FusedConv2d: control flow on
         # the input's device, dtype and layout), and BN-with-activation modules, so they fold like a BatchNorm.
-        if getattr(m, "fx_leaf", False) or (isinstance(m, nn.BatchNorm2d) and norm_act_tail(m) is not None):
+        # LayerNorm's subclasses (ConvNeXt's LayerNorm2d branches on the input's layout) too: one node.
+        if getattr(m, "fx_leaf", False) or (isinstance(m, nn.BatchNorm2d) and norm_act_tail(m) is not None) \
+                or isinstance(m, nn.LayerNorm):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

@@ -29,6 +29,7 @@ output is a new tensor on every call.
 from __future__ import annotations
 
 import ctypes
+import functools
 import operator
 import weakref
 
@@ -75,6 +76,7 @@ class _Builder(Objects):
         self.modules = dict(root.named_modules())
         self.values: dict[fx.Node, Value] = {}
         self.done: set[fx.Node] = set()
+        self.gains: dict[fx.Node, Value] = {}  # see channel_gain
 
     # -- the graph ------------------------------------------------------------------------------------------------
     def source(self, node) -> fx.Node:
@@ -119,6 +121,10 @@ class _Builder(Objects):
             eltwise = self.activation(reader)
             if eltwise is not None:
                 post_ops.append(("eltwise", *eltwise))
+            elif self.channel_gain(reader, last) is not None:  # ConvNeXt's layer scale: a per-channel constant
+                gain = self.channel_gain(reader, last)
+                post_ops.append(("binary", capi.BINARY_MUL, gain.md))
+                args.append((capi.arg_post_op(len(post_ops) - 1) | capi.ARG_SRC_1, gain.memory))
             elif reader.op == "call_function" and reader.target in _ADDS and len(reader.args) == 2 \
                     and not reader.kwargs:
                 other = [self.source(a) for a in reader.args if self.source(a) is not self.source(last)]
@@ -131,6 +137,25 @@ class _Builder(Objects):
                 break
             last = reader
         return post_ops, args, last
+
+    def channel_gain(self, node: fx.Node, of: fx.Node) -> Value | None:
+        """Where ``node`` multiplies ``of``'s value by a parameter of one number per channel (``gamma * x``,
+        gamma of shape (C, 1, 1): layer scale, arXiv:2103.17239), that parameter as a (1, C, 1, 1) constant."""
+        if node.op != "call_function" or node.target not in _MULS or len(node.args) != 2 or node.kwargs:
+            return None
+        other = [a for a in node.args if self.source(a) is not self.source(of)]
+        if len(other) != 1 or not isinstance(other[0], fx.Node) or other[0].op != "get_attr":
+            return None
+        tensor = functools.reduce(getattr, other[0].target.split("."), self.root)
+        dims = self.shape(node)
+        if len(dims) != 4 or tensor.numel() != dims[1] or tensor.shape[-2:] not in ((1, 1), (dims[1], 1)):
+            return None
+        if node in self.gains:
+            return self.gains[node]
+        shape = [1, dims[1], 1, 1]
+        md = self.act_md(shape)
+        self.gains[node] = Value(tuple(shape), md, self.constant(tensor.reshape(shape), capi.TAG_ABCD, shape, md))
+        return self.gains[node]
 
     def in_place_sum(self, node: fx.Node, last: fx.Node, post_ops: list[tuple], post_args: list[tuple[int, int]],
                      dims):
@@ -299,12 +324,35 @@ class _Builder(Objects):
                                              memories)])
         self.bind(node, dst, node)
 
+    def layer_norm(self, node: fx.Node, norm: nn.LayerNorm) -> None:
+        """LayerNorm over the channels at each position (ConvNeXt's ``LayerNorm2d``, arXiv:2201.03545 Sec. 2.5):
+        oneDNN's layer normalization, which normalises the last dim, on both channels-last buffers seen as dense
+        (N, H, W, C) tensors: the same bytes."""
+        src = self.values[self.source(node.args[0])]
+        if len(src.dims) != 4 or tuple(norm.normalized_shape) != (src.dims[1],) or not norm.elementwise_affine \
+                or norm.bias is None:
+            raise NotPlannable(f"{node.target}: a LayerNorm other than over the channels of a 4-d map")
+        n, c, h, w = src.dims
+        dst = self.output_value(node, src.dims)
+        rows = self.md([n, h, w, c], capi.TAG_ABCD)
+        vector = self.md([c], capi.TAG_A, capi.F32)
+        scale, shift = (self.constant(t, capi.TAG_A, [c], vector) for t in (norm.weight, norm.bias))
+        pd = self.lib.new("dnnl_layer_normalization_forward_primitive_desc_create", ctypes.c_void_p(self.lib.engine),
+                          capi.FORWARD_INFERENCE, ctypes.c_void_p(rows), ctypes.c_void_p(rows), None,
+                          ctypes.c_float(norm.eps), capi.USE_SCALE | capi.USE_SHIFT, None)
+        self.add_step(node.target, pd, [(capi.ARG_SRC, self.activation_memory(rows, alias_of=src.memory)),
+                                        (capi.ARG_DST, self.activation_memory(rows, alias_of=dst.memory)),
+                                        (capi.ARG_SCALE, scale), (capi.ARG_SHIFT, shift)])
+        self.bind(node, dst, node)
+
     def node(self, node: fx.Node) -> None:
         if node in self.done or node.op == "get_attr" or (node.op == "call_module" and self.is_alias(node)):
             return
         module = self.modules.get(node.target) if node.op == "call_module" else None
         if isinstance(module, nn.Conv2d):
             return self.conv(node, module)
+        if isinstance(module, nn.LayerNorm):
+            return self.layer_norm(node, module)
         if isinstance(module, nn.Linear):
             return self.linear(node, module)
         if isinstance(module, nn.MaxPool2d) and not module.return_indices:  # ceil_mode: in the output's shape
