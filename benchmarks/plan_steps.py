@@ -51,7 +51,7 @@ sys.path.insert(0, {here!r})
 import torch, archlab
 from archlab.deploy import fuse
 from archlab.deploy.timing import trained_like_norms
-from runtimes import captured_fd, onednn_primitive_times
+from runtime_profile import captured_fd, onednn_primitive_times
 name, form, batch, threads, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)
 torch.manual_seed(0)

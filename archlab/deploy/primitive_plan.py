@@ -372,7 +372,8 @@ class _Builder(Objects):
         if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) \
                 and plan_layout.is_chunk(node.args[0]):
             return plan_layout.chunk_piece(self, node)
-        if node.op == "call_function" and node.target is operator.getitem and plan_layout.spatial_step(node) is not None:
+        if node.op == "call_function" and node.target is operator.getitem \
+                and plan_layout.spatial_step(node) is not None:
             return plan_layout.subsample(self, node)
         if node.op == "call_function" and node.target is F.pad:
             return plan_layout.channel_pad(self, node)
