@@ -257,7 +257,7 @@ def test_runtimes_profile_splits_the_forward_by_layer_kind(capsys):
 
 def test_onednn_verbose_lines_are_summed_by_kind_of_primitive():
     # The --profile parser on oneDNN's verbose format (v1: optional timestamp, problem and ms as the last fields).
-    parse = load_script("runtimes").onednn_primitive_times
+    parse = load_script("runtime_profile").onednn_primitive_times
     text = "\n".join([
         "onednn_verbose,v1,primitive,exec,cpu,convolution,brdgmm_dw:avx512_core,forward_inference,src:f32::blocked:"
         "acdb::f0 dst:f32::blocked:acdb::f0,attr-post-ops:eltwise_swish:1,alg:convolution_direct,"
