@@ -120,26 +120,18 @@ def alternated(with_: primitive_plan.PrimitivePlan, without: primitive_plan.Prim
     return statistics.median(times["with"]), statistics.median(times["without"])
 
 
-def in_place_sum_gain(model: torch.nn.Module, x: torch.Tensor, rounds: int) -> tuple[float, float]:
-    """Median ms per forward of the plan with residual adds as in-place sums and without."""
-    with_sum = primitive_plan.build_plan(model, x)
-    primitive_plan.SUM_IN_PLACE = False
+def switch_gain(switch: object, flag: str, model: torch.nn.Module, x: torch.Tensor,
+                rounds: int) -> tuple[float, float]:
+    """Median ms per forward of the plan built as by default and built with the module switch ``switch.flag``
+    (on by default) turned off: ``primitive_plan.SUM_IN_PLACE`` (residual adds as in-place sums, else binary-add
+    post-ops), ``arena.HUGE_PAGES`` (weights and activations on huge pages, else 4 KiB pages)."""
+    with_ = primitive_plan.build_plan(model, x)
+    setattr(switch, flag, False)
     try:
         without = primitive_plan.build_plan(model, x)
     finally:
-        primitive_plan.SUM_IN_PLACE = True
-    return alternated(with_sum, without, x, rounds)
-
-
-def huge_pages_gain(model: torch.nn.Module, x: torch.Tensor, rounds: int) -> tuple[float, float]:
-    """Median ms per forward of the plan with its weights and activations on huge pages and on 4 KiB pages."""
-    with_huge = primitive_plan.build_plan(model, x)
-    arena.HUGE_PAGES = False
-    try:
-        without = primitive_plan.build_plan(model, x)
-    finally:
-        arena.HUGE_PAGES = True
-    return alternated(with_huge, without, x, rounds)
+        setattr(switch, flag, True)
+    return alternated(with_, without, x, rounds)
 
 
 def kernel_times(name: str, form: str, batch: int, threads: int) -> dict[str, float]:
@@ -184,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         model, x = model_and_input(name, args.batch)
         plan = primitive_plan.build_plan(model, x)
         whole, steps = whole_vs_steps(plan, x, args.rounds)
-        with_sum, without = in_place_sum_gain(model, x, args.rounds)
-        huge, small = huge_pages_gain(model, x, args.rounds)
+        with_sum, without = switch_gain(primitive_plan, "SUM_IN_PLACE", model, x, args.rounds)
+        huge, small = switch_gain(arena, "HUGE_PAGES", model, x, args.rounds)
         lines.append(f"| {name} | {len(plan.steps)} | {whole:.3f} | {steps:.3f} | {whole / steps:.3f} | "
                      f"{with_sum:.3f} | {without:.3f} | {without / with_sum:.3f} | {huge:.3f} | {small:.3f} | "
                      f"{small / huge:.3f} | {plan.weight_bytes / 1e6:.1f} | {plan.arena_bytes / 1e6:.1f} |")

@@ -79,9 +79,7 @@ def chunk_piece(b: _Builder, node: fx.Node) -> None:
     if len(src.dims) != 4 or tuple(dims[2:]) != tuple(src.dims[2:]):
         raise NotPlannable(f"{node.name}: a chunk other than along the channels of a 4-d tensor")
     offsets = [0, index * -(-src.dims[1] // _chunks(chunk)), 0, 0]
-    view = b.lib.new("dnnl_memory_desc_create_submemory", ctypes.c_void_p(src.md), capi.dims(dims),
-                     capi.dims(offsets))
-    b.plan._keep.append(("md", view))
+    view = b.submemory_md(src.md, dims, offsets)
     _view_or_copy(b, node, view, src.memory, all(r.op == "call_function" and r.target is torch.cat
                                                  for r in b.readers(node)))
 
@@ -128,9 +126,7 @@ def channel_pad(b: _Builder, node: fx.Node) -> None:
         zeros = b.constant(torch.zeros(extra), capi.TAG_ABCD, extra, zeros_md)
         parts.append((zeros_md, zeros, extra, src.dims[1]))
     for md, memory, part_dims, offset in parts:
-        view = b.lib.new("dnnl_memory_desc_create_submemory", ctypes.c_void_p(dst.md), capi.dims(part_dims),
-                         capi.dims([0, offset, 0, 0]))
-        b.plan._keep.append(("md", view))
+        view = b.submemory_md(dst.md, part_dims, [0, offset, 0, 0])
         b.reorder_step(node.name, md, memory, view, b.activation_memory(view, alias_of=dst.memory))
     b.bind(node, dst, node)
 

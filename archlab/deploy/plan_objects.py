@@ -108,6 +108,13 @@ class Objects:
         self.plan._keep.append(("md", handle))
         return handle
 
+    def submemory_md(self, md: int, dims, offsets) -> int:
+        """A descriptor of the part ``dims`` at ``offsets`` of memory described by ``md`` (the same bytes)."""
+        handle = self.lib.new("dnnl_memory_desc_create_submemory", ctypes.c_void_p(md), capi.dims(dims),
+                              capi.dims(offsets))
+        self.plan._keep.append(("md", handle))
+        return handle
+
     def memory(self, md: int, handle=capi.MEMORY_ALLOCATE) -> int:
         memory = self.lib.new("dnnl_memory_create", ctypes.c_void_p(md), ctypes.c_void_p(self.lib.engine), handle)
         self.plan._keep.append(("memory", memory))

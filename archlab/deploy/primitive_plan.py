@@ -76,7 +76,6 @@ class _Builder(Objects):
         self.modules = dict(root.named_modules())
         self.values: dict[fx.Node, Value] = {}
         self.done: set[fx.Node] = set()
-        self.gains: dict[fx.Node, Value] = {}  # see channel_gain
 
     # -- the graph ------------------------------------------------------------------------------------------------
     def source(self, node) -> fx.Node:
@@ -121,8 +120,7 @@ class _Builder(Objects):
             eltwise = self.activation(reader)
             if eltwise is not None:
                 post_ops.append(("eltwise", *eltwise))
-            elif self.channel_gain(reader, last) is not None:  # ConvNeXt's layer scale: a per-channel constant
-                gain = self.channel_gain(reader, last)
+            elif (gain := self.channel_gain(reader, last)) is not None:  # ConvNeXt's layer scale
                 post_ops.append(("binary", capi.BINARY_MUL, gain.md))
                 args.append((capi.arg_post_op(len(post_ops) - 1) | capi.ARG_SRC_1, gain.memory))
             elif reader.op == "call_function" and reader.target in _ADDS and len(reader.args) == 2 \
@@ -150,12 +148,9 @@ class _Builder(Objects):
         dims = self.shape(node)
         if len(dims) != 4 or tensor.numel() != dims[1] or tensor.shape[-2:] not in ((1, 1), (dims[1], 1)):
             return None
-        if node in self.gains:
-            return self.gains[node]
         shape = [1, dims[1], 1, 1]
         md = self.act_md(shape)
-        self.gains[node] = Value(tuple(shape), md, self.constant(tensor.reshape(shape), capi.TAG_ABCD, shape, md))
-        return self.gains[node]
+        return Value(tuple(shape), md, self.constant(tensor.reshape(shape), capi.TAG_ABCD, shape, md))
 
     def in_place_sum(self, node: fx.Node, last: fx.Node, post_ops: list[tuple], post_args: list[tuple[int, int]],
                      dims):
@@ -443,10 +438,7 @@ def build_plan(model: nn.Module, example: torch.Tensor, threads: int | None = No
                     builder.bind(node, Value(dims, user_md, plan._input_memory), node)
                     continue
                 internal = builder.output_value(node, dims)
-                pd = lib.new("dnnl_reorder_primitive_desc_create", ctypes.c_void_p(user_md),
-                             ctypes.c_void_p(lib.engine), ctypes.c_void_p(internal.md), ctypes.c_void_p(lib.engine),
-                             None)
-                builder.add_step("input", pd, [(capi.ARG_FROM, plan._input_memory), (capi.ARG_TO, internal.memory)])
+                builder.reorder_step("input", user_md, plan._input_memory, internal.md, internal.memory)
                 builder.bind(node, internal, node)
             elif node.op == "output":
                 result = builder.source(node.args[0])
